@@ -1,10 +1,17 @@
 """hear_dymn: Dynamic MobileNets (DyMN) and EfficientAT MobileNets as pre-trained audio models, with a HEAR 2021
-module and a benchmark harness."""
+module and a benchmark harness.
+
+HEAR 2021 API: ``load_model``, ``get_scene_embeddings``, ``get_timestamp_embeddings``.
+Models: ``create_model``, ``list_models``, ``list_pretrained``. Frontend: ``MelFrontend``.
+"""
 from .frontend import MelConfig, MelFrontend
+from .hear import EmbeddingConfig, HearModel, get_scene_embeddings, get_timestamp_embeddings, load_model
 from .models import CheckpointError, create_model, list_models, list_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MelConfig", "MelFrontend", "CheckpointError", "create_model", "list_models", "list_pretrained", "__version__",
+    "CheckpointError", "EmbeddingConfig", "HearModel", "MelConfig", "MelFrontend", "create_model",
+    "get_scene_embeddings", "get_timestamp_embeddings", "list_models", "list_pretrained", "load_model",
+    "__version__",
 ]

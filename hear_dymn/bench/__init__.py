@@ -1,0 +1,1 @@
+"""Benchmark harness: tasks, probes on precomputed embeddings, metrics and reports."""

@@ -1,0 +1,314 @@
+"""HEAR 2021 API (``load_model``, ``get_scene_embeddings``, ``get_timestamp_embeddings``) for DyMN and MN.
+
+Embedding recipe (default ``layers=(5, 11, 13, 15, 16)``, ``mel_means=True``): each chosen feature map
+(0 = stem, 1-15 = blocks, 16 = final 1x1 conv; see ``AudioMobileNet.forward_intermediates``) is averaged over
+frequency, giving one vector per network frame; the normalised log-mel is averaged over time per band (128 values),
+which EfficientAT's HEAR study found to complement the network features. Blocks 5, 11, 13, 15 are the authors'
+best HEAR recipe for their MobileNets; 16 adds the final features the classifier sees.
+
+* scene embedding = the time average of those frame vectors (= global average pooling of each map), concatenated;
+* timestamp embedding at time t = each map's frequency-averaged frame vector linearly interpolated at t, plus the
+  log-mel frame at t, so the mean over timestamps approximates the scene embedding.
+
+Audio is processed in windows of ``window_seconds`` (default 10 s, the AudioSet training length) placed every
+``window_hop_seconds``; each timestamp is taken from the window whose centre is nearest, so every timestamp has
+context on both sides and memory is bounded by one batch of windows plus the output, whatever the clip length.
+A clip no longer than one window is processed in a single pass. One network pass serves all timestamps of a
+window: no forward per timestamp.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .frontend import MelConfig, MelFrontend
+from .models import AudioMobileNet, NUM_FEATURE_MAPS, create_model, list_models
+from .models.weights import PRETRAINED, get_pretrained_cfg, infer_architecture, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "dymn10_as"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How embeddings are built; every field can be passed to ``load_model`` (hear-eval-kit ``--model-options``)."""
+
+    layers: tuple[int, ...] = (5, 11, 13, 15, 16)
+    mel_means: bool = True
+    timestamp_hop_ms: float = 50.0
+    window_seconds: float = 10.0
+    window_hop_seconds: float = 7.5
+    max_batch_windows: int = 8  # windows per network call: bounds memory for long audio
+    min_seconds: float = 0.032  # shorter clips are zero-padded to this length
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast applies on CUDA only
+
+    def __post_init__(self) -> None:
+        layers = tuple(int(i) % NUM_FEATURE_MAPS if -NUM_FEATURE_MAPS <= int(i) < NUM_FEATURE_MAPS else int(i)
+                       for i in self.layers)
+        object.__setattr__(self, "layers", layers)
+        if not layers and not self.mel_means:
+            raise ValueError("the embedding is empty: give at least one layer or mel_means=True")
+        bad = [i for i in layers if not 0 <= i < NUM_FEATURE_MAPS]
+        if bad:
+            raise ValueError(f"layers {bad} out of range: feature maps are numbered 0..{NUM_FEATURE_MAPS - 1}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers {list(layers)} contain duplicates")
+        if self.timestamp_hop_ms <= 0:
+            raise ValueError("timestamp_hop_ms must be positive")
+        if not 0 < self.window_hop_seconds <= self.window_seconds:
+            raise ValueError("need 0 < window_hop_seconds <= window_seconds")
+        if self.max_batch_windows < 1:
+            raise ValueError("max_batch_windows must be >= 1")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {self.precision!r}")
+
+
+class HearModel(nn.Module):
+    """A network plus its frontend and embedding recipe, as HEAR expects (``sample_rate``, embedding sizes)."""
+
+    def __init__(self, network: AudioMobileNet, cfg: EmbeddingConfig | None = None,
+                 mel: MelConfig | None = None) -> None:
+        super().__init__()
+        self.network = network.eval()
+        self.frontend = MelFrontend(mel)
+        self.cfg = cfg or EmbeddingConfig()
+        self.sample_rate: int = self.frontend.cfg.sample_rate
+        info = network.feature_info
+        size = sum(info[i]["num_chs"] for i in self.cfg.layers) + (self.frontend.cfg.n_mels if self.cfg.mel_means else 0)
+        self.scene_embedding_size: int = int(size)
+        self.timestamp_embedding_size: int = int(size)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def weights_info(self) -> dict:
+        return dict(getattr(self.network, "weights_info", {}))
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the embeddings (for caches and reports)."""
+        return {"arch": self.network.arch, "weights": self.weights_info, "embedding": asdict(self.cfg),
+                "mel": asdict(self.frontend.cfg), "embedding_size": self.scene_embedding_size}
+
+    def train(self, mode: bool = True) -> "HearModel":
+        # The HEAR model is an inference object: BatchNorm and dropout always stay in eval mode.
+        return super().train(False)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # windows and frame features
+
+    def _window_starts(self, num_samples: int) -> list[int]:
+        window = int(round(self.cfg.window_seconds * self.sample_rate))
+        if num_samples <= window:
+            return [0]
+        hop = int(round(self.cfg.window_hop_seconds * self.sample_rate))
+        last = num_samples - window
+        starts = list(range(0, last, hop)) + [last]
+        return starts
+
+    def _autocast(self):
+        device_type = self.device.type
+        if self.cfg.precision == "fp32" or device_type != "cuda":
+            return torch.autocast(device_type=device_type, enabled=False)
+        dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def frame_features(self, audio: Tensor) -> list[tuple[Tensor, int]]:
+        """Frequency-averaged feature sequences of one batch of windows.
+
+        Args:
+            audio: ``(batch, samples)`` on the model's device.
+        Returns:
+            One ``(features (batch, channels, frames), frame_step_in_mel_frames)`` per embedding part, in
+            embedding order (layers, then log-mel).
+        """
+        with self._autocast():
+            mel = self.frontend(audio)
+            maps = self.network.forward_intermediates(mel, self.cfg.layers)
+        parts = [(fmap.float().mean(dim=2), self.network.feature_info[i]["reduction"])
+                 for fmap, i in zip(maps, self.cfg.layers)]
+        if self.cfg.mel_means:
+            parts.append((mel.float()[:, 0], 1))
+        return parts
+
+    def _pad_short(self, audio: Tensor) -> Tensor:
+        minimum = max(self.frontend.cfg.min_samples, int(math.ceil(self.cfg.min_seconds * self.sample_rate)))
+        if audio.shape[1] < minimum:
+            audio = F.pad(audio, (0, minimum - audio.shape[1]))
+        return audio
+
+    def embed(self, audio: Tensor, timestamps_ms: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Scene embeddings ``(n, D)`` and, if ``timestamps_ms`` ``(T,)`` is given, timestamp embeddings
+        ``(n, T, D)``; both float32 on the model's device."""
+        audio = self._pad_short(audio)
+        n_sounds, n_samples = audio.shape
+        starts = self._window_starts(n_samples)
+        window = min(n_samples, int(round(self.cfg.window_seconds * self.sample_rate)))
+        centres = torch.tensor([s + window / 2 for s in starts], dtype=torch.float64)
+        device = self.device
+        dim = self.scene_embedding_size
+        scene = torch.zeros(n_sounds, dim, dtype=torch.float64, device=device)
+        stamps = None
+        owner = None
+        if timestamps_ms is not None:
+            stamps = torch.zeros(n_sounds, len(timestamps_ms), dim, dtype=torch.float32, device=device)
+            stamp_samples = timestamps_ms.double() * self.sample_rate / 1000.0
+            owner = (stamp_samples[:, None] - centres[None, :]).abs().argmin(dim=1)
+        # Each sample of the clip belongs to the window with the nearest centre: weights for the scene average.
+        bounds = [0.0] + [(a + b) / 2 for a, b in zip(centres[:-1].tolist(), centres[1:].tolist())] + [float(n_samples)]
+        hop_samples = self.frontend.cfg.hop_length
+        per_call = max(1, self.cfg.max_batch_windows // max(1, n_sounds))
+        for first in range(0, len(starts), per_call):
+            group = list(range(first, min(first + per_call, len(starts))))
+            batch = torch.cat([audio[:, starts[k]:starts[k] + window] for k in group]).to(device)
+            parts = self.frame_features(batch)
+            for j, k in enumerate(group):
+                rows = slice(j * n_sounds, (j + 1) * n_sounds)
+                lo, hi = bounds[k] - starts[k], bounds[k + 1] - starts[k]  # owned span, in window samples
+                offset = 0
+                for feats, step in parts:
+                    seq = feats[rows]  # (n_sounds, C, frames)
+                    channels = seq.shape[1]
+                    frame_pos = (torch.arange(seq.shape[2], device=device, dtype=torch.float64) * step
+                                 * hop_samples)
+                    weight = _span_weights(frame_pos, lo, hi, single=len(starts) == 1)
+                    scene[:, offset:offset + channels] += (seq.double() * weight).sum(-1) * (hi - lo) / n_samples
+                    if stamps is not None:
+                        mine = (owner == k).nonzero().flatten()
+                        if len(mine):
+                            local = stamp_samples[mine] - starts[k]
+                            values = _interpolate(seq, local.to(device) / (step * hop_samples))
+                            stamps[:, mine.to(device), offset:offset + channels] = values
+                    offset += channels
+        return scene.float(), stamps
+
+
+def _span_weights(frame_pos: Tensor, lo: float, hi: float, single: bool) -> Tensor:
+    """Averaging weights over frames for the owned span ``[lo, hi)`` (all frames equally for a single window)."""
+    if single:
+        return torch.full_like(frame_pos, 1.0 / len(frame_pos))
+    inside = ((frame_pos >= lo) & (frame_pos < hi)).double()
+    if inside.sum() == 0:  # span narrower than one frame step: take the nearest frame
+        inside[(frame_pos - (lo + hi) / 2).abs().argmin()] = 1.0
+    return inside / inside.sum()
+
+
+def _interpolate(seq: Tensor, positions: Tensor) -> Tensor:
+    """Linear interpolation of ``seq (n, C, frames)`` at fractional frame ``positions (T,)`` -> ``(n, T, C)``."""
+    n_frames = seq.shape[-1]
+    pos = positions.to(seq.device, torch.float64).clamp(0, n_frames - 1)
+    left = pos.floor().long().clamp(max=n_frames - 1)
+    right = (left + 1).clamp(max=n_frames - 1)
+    frac = (pos - left.double()).to(seq.dtype)
+    values = seq[..., left] * (1 - frac) + seq[..., right] * frac
+    return values.transpose(1, 2)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# HEAR entry points
+
+
+def load_model(model_file_path: str = "", **options: Any) -> HearModel:
+    """HEAR 2021 entry point: a CPU :class:`HearModel` in eval mode.
+
+    Args:
+        model_file_path: an EfficientAT-format checkpoint; the architecture is read from the file unless
+            ``model_name`` is given. Empty: the released ``model_name`` weights (default ``dymn10_as``) from the
+            torch hub cache, downloaded if needed (a clear error when offline and not cached).
+        **options: ``model_name`` (architecture such as ``"dymn04"`` or weights name such as ``"dymn04_as"``) and
+            any :class:`EmbeddingConfig` field: ``layers``, ``mel_means``, ``timestamp_hop_ms``,
+            ``window_seconds``, ``window_hop_seconds``, ``max_batch_windows``, ``min_seconds``, ``precision``.
+    """
+    model_name = options.pop("model_name", None)
+    known = {f.name for f in fields(EmbeddingConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown load_model option(s) {unknown}; valid: model_name, {', '.join(sorted(known))}")
+    if "layers" in options:
+        options["layers"] = tuple(options["layers"])
+    cfg = EmbeddingConfig(**options)
+    network = _load_network(str(model_file_path or ""), model_name)
+    model = HearModel(network.eval(), cfg)
+    logger.info("loaded %s (%s), embedding size %d", network.arch, model.weights_info.get("name") or
+                model.weights_info.get("path") or "random init", model.scene_embedding_size)
+    return model
+
+
+def _load_network(path: str, model_name: str | None) -> AudioMobileNet:
+    if not path:
+        weights = get_pretrained_cfg(model_name or DEFAULT_WEIGHTS) if (model_name or DEFAULT_WEIGHTS) in PRETRAINED \
+            else None
+        if weights is None:
+            raise ValueError(f"model_name {model_name!r} names no released weights; pass a checkpoint path, or one "
+                             f"of: {', '.join(PRETRAINED)}")
+        return create_model(weights.arch, pretrained=weights.name)
+    state = read_state_dict(Path(path))
+    if model_name is None:
+        arch = infer_architecture(state)
+    elif model_name in PRETRAINED:
+        arch = PRETRAINED[model_name].arch
+    elif model_name in list_models():
+        arch = model_name
+    else:
+        raise ValueError(f"unknown model_name {model_name!r}; architectures: {', '.join(list_models())}")
+    num_classes = int(state["classifier.5.weight"].shape[0]) if "classifier.5.weight" in state else 527
+    return create_model(arch, checkpoint_path=path, num_classes=num_classes)
+
+
+def _check_audio(audio: Tensor, model: HearModel) -> Tensor:
+    if isinstance(audio, np.ndarray):
+        audio = torch.from_numpy(audio)
+    if not isinstance(audio, Tensor):
+        raise TypeError(f"audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
+    if audio.dim() != 2:
+        hint = " For a single clip pass audio[None]." if audio.dim() == 1 else ""
+        raise ValueError(f"audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}.{hint}")
+    if audio.dtype != torch.float32:
+        if audio.dtype.is_floating_point:
+            hint = "convert it with audio.float()"
+        else:
+            hint = "convert integer PCM to float32 in [-1, 1], e.g. audio.float() / 32768 for int16"
+        raise TypeError(f"audio must be float32 at {model.sample_rate} Hz, got {audio.dtype}: {hint}")
+    if audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio contains NaN or infinite values")
+    return audio
+
+
+def timestamps_for(num_samples: int, sample_rate: int, hop_ms: float) -> Tensor:
+    """Evenly spaced timestamps (ms) ``k * hop_ms`` inside the clip; the float hop is never rounded."""
+    duration_ms = 1000.0 * num_samples / sample_rate
+    count = int(math.floor(duration_ms / hop_ms + 1e-9)) + 1
+    return torch.arange(count, dtype=torch.float64) * hop_ms
+
+
+@torch.no_grad()
+def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
+    """``audio (n_sounds, n_samples)`` float32 at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)``."""
+    audio = _check_audio(audio, model)
+    scene, _ = model.embed(audio, None)
+    return scene
+
+
+@torch.no_grad()
+def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
+    """``audio (n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, D)`` and timestamps in ms
+    ``(n_sounds, n_timestamps)``, every ``model.cfg.timestamp_hop_ms`` from 0 to the end of the clip."""
+    audio = _check_audio(audio, model)
+    times = timestamps_for(audio.shape[1], model.sample_rate, model.cfg.timestamp_hop_ms)
+    _, stamps = model.embed(audio, times)
+    timestamps = times.float().to(stamps.device).expand(audio.shape[0], -1).contiguous()
+    return stamps, timestamps
