@@ -1,1 +1,4 @@
-"""Benchmark harness: tasks, probes on precomputed embeddings, metrics and reports."""
+"""Benchmark harness: datasets (``bench.tasks``), audio decoding (``bench.audio``), embedding and evaluation.
+
+Submodules are imported explicitly by their users; importing this package is cheap.
+"""

@@ -1,0 +1,168 @@
+"""HEAR 2021 semantics: sizes, dtypes, timestamps, batch vs single, windowed vs single pass, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import reference
+
+from hear_dymn import EmbeddingConfig, HearModel, create_model, get_scene_embeddings, get_timestamp_embeddings
+from hear_dymn import load_model
+from hear_dymn.models.random_weights import save_random_checkpoint, synthetic_waveform
+
+
+def noise(n_sounds: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    """Test sounds the random-weight fixture model handles in range (white noise drives it to 1e14)."""
+    return torch.stack([synthetic_waveform(seed + i, seconds) for i in range(n_sounds)])
+
+
+def test_model_attributes(hear_model: HearModel) -> None:
+    assert hear_model.sample_rate == 32000
+    assert isinstance(hear_model.scene_embedding_size, int)
+    assert isinstance(hear_model.timestamp_embedding_size, int)
+    # dymn04: blocks 5, 11, 13, 15 (16 + 48 + 64 + 64) + final map 384 + 128 mel bands
+    assert hear_model.scene_embedding_size == 16 + 48 + 64 + 64 + 384 + 128
+    assert not hear_model.training
+    hear_model.train()
+    assert not hear_model.network.training
+
+
+@pytest.mark.parametrize(("arch", "size"), [("dymn10", 1560), ("dymn20", 2992), ("mn10", 1560)])
+def test_documented_sizes(arch: str, size: int) -> None:
+    with torch.device("meta"):
+        network = create_model(arch)
+    assert HearModel(network).scene_embedding_size == size
+    assert HearModel(network, EmbeddingConfig(layers=(5, 11, 13, 15))).scene_embedding_size == size - (
+        network.num_features)
+
+
+def test_scene_embedding_is_pooled_reference_features(hear_model: HearModel) -> None:
+    """Scene embedding = pooled EfficientAT feature maps 5, 11, 13, 15, 16 + mel band means."""
+    ref = reference("dymn04_reference_3p7s.npz")
+    emb = get_scene_embeddings(torch.from_numpy(ref["wave"]), hear_model)
+    assert emb.dtype == torch.float32 and emb.shape == (1, hear_model.scene_embedding_size)
+    expected = np.concatenate([ref[f"f64_pooled_{i:02d}"] for i in (5, 11, 13, 15, 16)]
+                              + [ref["mel"].mean(-1)], axis=1)
+    err = np.abs(emb.numpy() - expected) / np.abs(expected).max(axis=1, keepdims=True)
+    assert err.max() < 2e-3
+
+
+def test_timestamps_evenly_spaced_inside_clip(hear_model: HearModel) -> None:
+    audio = noise(2, 1.07)
+    emb, ts = get_timestamp_embeddings(audio, hear_model)
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.shape == (2, ts.shape[1], hear_model.timestamp_embedding_size)
+    diffs = np.diff(ts.numpy(), axis=1)
+    np.testing.assert_allclose(diffs, 50.0)
+    assert ts[0, 0] == 0 and ts.max() <= 1070 and ts.max() > 1070 - 50
+
+
+def test_timestamp_mean_approximates_scene(hear_model: HearModel) -> None:
+    audio = noise(1, 3.0)
+    scene = get_scene_embeddings(audio, hear_model)
+    stamps, _ = get_timestamp_embeddings(audio, hear_model)
+    cos = torch.nn.functional.cosine_similarity(stamps.mean(1), scene).item()
+    assert cos > 0.99
+
+
+def test_batch_equals_single_clips(hear_model: HearModel) -> None:
+    audio = noise(3, 1.5)
+    singles = torch.cat([get_scene_embeddings(a[None], hear_model) for a in audio])
+    torch.testing.assert_close(get_scene_embeddings(audio, hear_model), singles, rtol=1e-4, atol=1e-5)
+    stamps, _ = get_timestamp_embeddings(audio, hear_model)
+    single_stamps = torch.cat([get_timestamp_embeddings(a[None], hear_model)[0] for a in audio])
+    torch.testing.assert_close(stamps, single_stamps, rtol=1e-4, atol=1e-5)
+
+
+def test_long_audio_chunked_equals_unchunked(dymn04_checkpoint) -> None:
+    """Windows processed one per call or all at once give identical results."""
+    options = dict(window_seconds=1.0, window_hop_seconds=0.75)
+    one = load_model(str(dymn04_checkpoint), max_batch_windows=1, **options)
+    many = load_model(str(dymn04_checkpoint), max_batch_windows=64, **options)
+    audio = noise(2, 5.3)
+    s1, s2 = get_scene_embeddings(audio, one), get_scene_embeddings(audio, many)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
+    (e1, t1), (e2, t2) = get_timestamp_embeddings(audio, one), get_timestamp_embeddings(audio, many)
+    torch.testing.assert_close(e1, e2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(t1, t2)
+    assert t1.shape[1] == int(5300 / 50) + 1
+
+
+def test_window_seams_are_consistent(dymn04_checkpoint) -> None:
+    """Within a window's owned span, the timestamp embedding equals that of a single pass over the window."""
+    model = load_model(str(dymn04_checkpoint), window_seconds=2.0, window_hop_seconds=1.5)
+    audio = noise(1, 4.0)
+    stamps, times = get_timestamp_embeddings(audio, model)
+    first_window, _ = get_timestamp_embeddings(audio[:, :64000], model)
+    # window 0 covers [0, 2 s) and owns timestamps nearer its centre (1 s) than window 1's (2.5 s): t < 1.75 s
+    owned = times[0] < 1750
+    torch.testing.assert_close(stamps[0, owned], first_window[0, owned[: first_window.shape[1]]],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_short_audio_is_padded(hear_model: HearModel) -> None:
+    emb = get_scene_embeddings(noise(2, 0.005), hear_model)  # 160 samples, shorter than one STFT window
+    assert emb.shape == (2, hear_model.scene_embedding_size) and torch.isfinite(emb).all()
+    stamps, ts = get_timestamp_embeddings(noise(1, 0.005), hear_model)
+    assert ts.tolist() == [[0.0]] and stamps.shape == (1, 1, hear_model.timestamp_embedding_size)
+
+
+@pytest.mark.parametrize(("audio", "error", "match"), [
+    (torch.zeros(32000), ValueError, r"\(n_sounds, n_samples\).*audio\[None\]"),
+    (torch.zeros(1, 1, 32000), ValueError, r"\(n_sounds, n_samples\)"),
+    (torch.zeros(1, 32000, dtype=torch.float64), TypeError, r"float64.*audio.float\(\)"),
+    (torch.zeros(1, 32000, dtype=torch.int16), TypeError, r"int16.*32768"),
+    (torch.full((1, 32000), float("nan")), ValueError, "NaN"),
+    (torch.full((1, 32000), float("inf")), ValueError, "infinite"),
+    (torch.zeros(1, 0), ValueError, "empty"),
+    (torch.zeros(0, 100), ValueError, "empty"),
+])
+def test_bad_input_is_named(hear_model: HearModel, audio, error, match) -> None:
+    with pytest.raises(error, match=match):
+        get_scene_embeddings(audio, hear_model)
+    with pytest.raises(error, match=match):
+        get_timestamp_embeddings(audio, hear_model)
+
+
+def test_options(dymn04_checkpoint) -> None:
+    model = load_model(str(dymn04_checkpoint), layers=[16], mel_means=False, timestamp_hop_ms=25)
+    assert model.scene_embedding_size == 384
+    _, ts = get_timestamp_embeddings(noise(1, 0.5), model)
+    assert ts.shape[1] == 21
+    with pytest.raises(TypeError, match="unknown load_model option"):
+        load_model(str(dymn04_checkpoint), hop=25)
+    with pytest.raises(ValueError, match="out of range"):
+        load_model(str(dymn04_checkpoint), layers=[20])
+    with pytest.raises(ValueError, match="empty"):
+        load_model(str(dymn04_checkpoint), layers=[], mel_means=False)
+
+
+def test_architecture_read_from_file_or_given(tmp_path) -> None:
+    path = save_random_checkpoint("mn04", tmp_path / "x.pt")
+    assert load_model(str(path)).network.arch == "mn04"
+    assert load_model(str(path), model_name="mn04_as").network.arch == "mn04"
+    with pytest.raises(Exception, match="does not fit architecture 'dymn04'"):
+        load_model(str(path), model_name="dymn04")
+
+
+def test_empty_path_uses_default_weights_or_fails_clearly(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, progress=True):
+        import urllib.error
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(Exception, match=r"(?s)dymn10_as.*checkpoint_path"):
+        load_model("")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(dymn04_checkpoint) -> None:
+    cpu = load_model(str(dymn04_checkpoint))
+    gpu = load_model(str(dymn04_checkpoint)).to("cuda")
+    audio = noise(2, 2.0)
+    ref = get_scene_embeddings(audio, cpu)
+    out = get_scene_embeddings(audio.cuda(), gpu)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref, rtol=2e-3, atol=2e-3)
