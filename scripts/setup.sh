@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv with everything the suite and the tests need.
+# Idempotent: a second run only checks that the pinned packages are present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${HEAR_DYMN_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+
+echo "[setup] torch 2.9.1 + torchaudio 2.9.1"
+"${PIP[@]}" install "torch==2.9.1" "torchaudio==2.9.1" 2>&1 | grep -v "^WARNING: Location" || true
+
+echo "[setup] hear_dymn with the eval and dev extras"
+"${PIP[@]}" install -e ".[eval,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+
+# hearvalidator 2021.0.6 declares Python < 3.9; the resolver would silently fall back to 2021.0.2, which rejects
+# 32 kHz models. Its real dependencies (torch, tensorflow, numpy) come from the dev extra above.
+echo "[setup] hearvalidator 2021.0.6"
+"${PIP[@]}" install --no-deps --ignore-requires-python "hearvalidator==2021.0.6" 2>&1 | grep -v "^WARNING: Location" || true
+
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md
+import torch, torchaudio
+assert torch.__version__.startswith("2.9"), torch.__version__
+assert torchaudio.__version__.startswith("2.9"), torchaudio.__version__
+assert md.version("hearvalidator") == "2021.0.6", md.version("hearvalidator")
+print(f"[setup] ok: torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
+      f"hearvalidator {md.version('hearvalidator')}")
+PY
