@@ -1,0 +1,307 @@
+"""The benchmark suite: models x tasks x protocols -> result JSONs, prediction files and leaderboard reports.
+
+Suites:
+* ``quick`` (the offline default): the synthetic miniatures of ESC-50, FSD50K and OpenMIC, written on the fly;
+  models dymn04, dymn10, mn10 and the log-mel baseline; linear and mlp probes. Architectures given by name use
+  their released AudioSet weights when these are available (cached or downloadable) and otherwise **random init**
+  (seeded), which the reports state on every row.
+* ``paper``: the real ESC-50, FSD50K and OpenMIC-2018 (``--data esc50=PATH fsd50k=PATH openmic=PATH``) with the
+  released weights of dymn04/10/20 and mn04/10/40 (required, never replaced by random weights).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..hear import HearModel, EmbeddingConfig
+from ..models import CheckpointError, PRETRAINED, create_model, list_models
+from ..models.random_weights import random_state_dict
+from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
+from .embeddings import EmbeddingCache, HearEmbedder, LogMelBaseline, atomic_savez, atomic_write_text
+from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
+from .tasks import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+# Downstream results reported in the paper (full fine-tuning), shown beside measured rows and marked as reported.
+PAPER_CITATION = ("Schmid, Koutini, Widmer: Dynamic Convolutional Neural Networks as Efficient Pre-trained Audio "
+                  "Models, 2023 (arXiv:2310.15648)")
+REPORTED_RESULTS = (
+    {"model": "dymn20", "task": "esc50", "metric": "accuracy", "mean": 0.974},
+    {"model": "dymn20", "task": "fsd50k", "metric": "map", "mean": 0.655},
+    {"model": "dymn20", "task": "openmic", "metric": "masked_map", "mean": 0.855},
+)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    suite: str = "quick"
+    models: tuple[str, ...] = ("dymn04", "dymn10", "mn10", "logmel")
+    tasks: tuple[str, ...] = ("esc50", "fsd50k", "openmic")
+    protocols: tuple[str, ...] = ("linear", "mlp")
+    seeds: tuple[int, ...] = (0, 1)
+    linear_preset: str = "default"
+    mlp_preset: str = "quick"
+    out_dir: str = "reports"
+    cache_dir: str = "cache"
+    data: dict[str, str] = field(default_factory=dict)  # task -> dataset root
+    allow_random_init: bool = True  # architectures by name fall back to seeded random init when weights are missing
+    device: str = "cpu"
+
+
+SUITES: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "paper": {"models": ("dymn04_as", "dymn10_as", "dymn20_as", "mn04_as", "mn10_as", "mn40_as_ext", "logmel"),
+              "seeds": (0, 1, 2), "mlp_preset": "hear", "allow_random_init": False},
+}
+
+
+def suite_config(suite: str = "quick", **overrides: Any) -> SuiteConfig:
+    if suite not in SUITES:
+        raise KeyError(f"unknown suite {suite!r}; suites: {', '.join(SUITES)}")
+    values = {**SUITES[suite], **{k: v for k, v in overrides.items() if v is not None}}
+    return SuiteConfig(suite=suite, **values)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# models
+
+
+def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> HearEmbedder | LogMelBaseline:
+    """``spec``: ``logmel``, an architecture (``dymn10``), a weights name (``dymn10_as``) or a checkpoint path."""
+    if spec == "logmel":
+        return LogMelBaseline()
+    path = Path(spec)
+    if spec.endswith(".pt") or path.exists():
+        arch = infer_architecture(read_state_dict(path))
+        network = create_model(arch, checkpoint_path=path)
+        label = path.name
+    elif spec in PRETRAINED:
+        network = create_model(PRETRAINED[spec].arch, pretrained=spec)  # must be available: no fallback
+        label = spec
+        arch = PRETRAINED[spec].arch
+    elif spec in list_models():
+        arch = spec
+        try:
+            network = create_model(arch, pretrained=DEFAULT_WEIGHTS[arch]) if arch in DEFAULT_WEIGHTS else None
+            label = DEFAULT_WEIGHTS.get(arch, "")
+        except CheckpointError as err:
+            if not allow_random_init:
+                raise
+            logger.warning("%s: released weights unavailable (%s); using RANDOM INIT (seed 0)", arch,
+                           str(err).splitlines()[0])
+            network = None
+        if network is None:
+            network = create_model(arch)
+            network.load_state_dict(random_state_dict(arch, seed=0))
+            network.weights_info = {"name": None, "path": None, "sha256": None, "random_init_seed": 0}
+            label = "random init"
+    else:
+        raise ValueError(f"model {spec!r} is neither 'logmel', an architecture ({', '.join(list_models())}), "
+                         f"released weights ({', '.join(PRETRAINED)}) nor an existing checkpoint file")
+    model = HearModel(network.eval(), EmbeddingConfig()).to(device)
+    return HearEmbedder(spec if spec in list_models() or spec in PRETRAINED else arch, model, label)
+
+
+def model_complexity(embedder: HearEmbedder | LogMelBaseline) -> tuple[float | None, float | None]:
+    """(params in M, GMACs per 10 s as reported by the authors) or (None, None) for the baseline."""
+    if not isinstance(embedder, HearEmbedder):
+        return 0.0, 0.0
+    network = embedder.model.network
+    params = sum(p.numel() for p in network.parameters()) / 1e6
+    gmacs = next((cfg.reported["gmacs"] for cfg in PRETRAINED.values() if cfg.arch == network.arch), None)
+    return params, gmacs
+
+
+# ------------------------------------------------------------------------------------------------------------
+# protocols
+
+
+def _probe_data(emb) -> ProbeData:
+    y = emb.targets.astype(np.int64) if emb.targets.ndim == 1 else emb.targets.astype(np.float32)
+    return ProbeData(x=emb.x, y=y, mask=emb.mask, clip_ids=emb.clip_ids)
+
+
+def _concat(parts: list[ProbeData]) -> ProbeData:
+    mask = None if parts[0].mask is None else np.concatenate([p.mask for p in parts])
+    return ProbeData(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]), mask=mask,
+                     clip_ids=[i for p in parts for i in p.clip_ids])
+
+
+def evaluation_rounds(task: Task, data: dict[str, ProbeData]) -> list[tuple[str, ProbeData, ProbeData | None, ProbeData]]:
+    """(name, train, valid, test) per round: one per fold for k-fold tasks, one otherwise."""
+    spec = task.spec
+    if spec.protocol == "folds":
+        return [(test, _concat([data[s] for s in train]), data[valid], data[test])
+                for train, valid, test in fold_splits(spec.splits)]
+    train, valid, test = spec.splits[0], spec.splits[1], spec.splits[-1]
+    return [(test, data[train], data[valid], data[test])]
+
+
+def run_probe(protocol: str, cfg: SuiteConfig, task: Task, train: ProbeData, valid: ProbeData | None,
+              test: ProbeData, seed: int):
+    kwargs = dict(multilabel=task.spec.multilabel, metric=task.spec.main_metric, seed=seed)
+    if protocol == "linear":
+        return fit_linear_probe(train, valid, test, cfg=LINEAR_PRESETS[cfg.linear_preset], **kwargs)
+    if protocol == "mlp":
+        return fit_mlp_probe(train, valid, test, cfg=MLP_PRESETS[cfg.mlp_preset], **kwargs)
+    raise ValueError(f"unknown protocol {protocol!r}; protocols: linear, mlp")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# provenance
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_description(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` end to end; returns the provenance and the result rows (also written to ``cfg.out_dir``)."""
+    from .report import write_reports
+    from .tasks.synthetic import write_miniature
+
+    started = time.perf_counter()
+    out_dir = Path(cfg.out_dir)
+    cache = EmbeddingCache(Path(cfg.cache_dir))
+    data_roots = dict(cfg.data)
+    for name in cfg.tasks:
+        if name not in data_roots:
+            if cfg.suite != "quick":
+                raise ValueError(f"suite {cfg.suite!r} needs --data {name}=PATH (the dataset's official layout)")
+            data_roots[name] = str(write_miniature(name, Path(cfg.cache_dir) / "miniatures" / name, seed=0))
+    tasks = {name: get_task(name, Path(data_roots[name])) for name in cfg.tasks}
+    embedders = [build_embedder(spec, cfg.allow_random_init, cfg.device) for spec in cfg.models]
+
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, dict[str, str]] = {}
+    clip_counts: dict[str, dict[str, int]] = {}
+    for embedder in embedders:
+        params_m, gmacs = model_complexity(embedder)
+        weights = embedder.describe().get("weights", {}) if isinstance(embedder, HearEmbedder) else {}
+        for name, task in tasks.items():
+            data = {}
+            for split in task.spec.splits:
+                emb = cache.get(embedder, task, split, progress=_progress(progress, embedder.name, name, split))
+                data[split] = _probe_data(emb)
+                clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
+                if emb.skipped:
+                    skipped.setdefault(name, {}).update(emb.skipped)
+            for protocol in cfg.protocols:
+                rows.append(_run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs, weights))
+    rows.extend(_reported_rows(cfg))
+    provenance = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "suite": cfg.suite,
+        "git commit": git_commit(),
+        "versions": f"hear_dymn {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+                    f"python {platform.python_version()}",
+        "device": device_description(cfg.device),
+        "weights": {e.name: _weights_line(e) for e in embedders},
+        "datasets": {name: f"{data_roots[name]} ({', '.join(f'{s}: {n}' for s, n in clip_counts[name].items())})"
+                     for name in tasks},
+        "skipped files": {t: sorted(ids) for t, ids in skipped.items()} or "none",
+        "seeds": list(cfg.seeds),
+        "probe presets": f"linear={cfg.linear_preset}, mlp={cfg.mlp_preset}",
+        "wall time": f"{time.perf_counter() - started:.0f} s",
+    }
+    write_reports(rows, out_dir, provenance)
+    return {"provenance": provenance, "rows": rows}
+
+
+def _weights_line(embedder) -> str:
+    if not isinstance(embedder, HearEmbedder):
+        return "no network (log-mel statistics)"
+    info = embedder.model.weights_info
+    if info.get("sha256"):
+        return f"{embedder.weights_label} (sha256 {info['sha256']})"
+    return "**random init** (seed 0) - official weights not available; NOT pretrained results"
+
+
+def _progress(enabled: bool, model: str, task: str, split: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    bar: dict[str, Any] = {}
+
+    def update(n: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(desc=f"embed {model}/{task}/{split}", unit="clip", leave=False)
+        bar["bar"].update(n)
+
+    return update
+
+
+def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs, weights) -> dict[str, Any]:
+    spec = task.spec
+    metric = spec.main_metric
+    result_dir = out_dir / "results" / embedder.name / protocol
+    per_round: dict[str, list[float]] = {}
+    seconds = 0.0
+    for seed in cfg.seeds:
+        for round_name, train, valid, test in evaluation_rounds(task, data):
+            result = run_probe(protocol, cfg, task, train, valid, test, seed)
+            seconds += result.seconds
+            per_round.setdefault(round_name, []).append(result.metrics[metric])
+            arrays = {"clip_ids": np.array(test.clip_ids, dtype=str), "targets": test.y, "scores": result.scores}
+            if test.mask is not None:
+                arrays["mask"] = test.mask
+            atomic_savez(result_dir / spec.name.replace(":", "_") / f"{round_name}_seed{seed}.npz", **arrays)
+    if spec.protocol == "folds":  # mean over seeds per fold, then mean +- std over folds
+        values = [float(np.mean(v)) for v in per_round.values()]
+    else:  # mean +- std over seeds
+        values = [float(v) for v in next(iter(per_round.values()))]
+    weights_label = getattr(embedder, "weights_label", "")
+    row = {
+        "model": embedder.name, "weights": weights_label, "weights_sha256": weights.get("sha256"),
+        "protocol": protocol, "task": spec.name, "task_version": spec.version, "metric": metric,
+        "mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values),
+        "per_split": {k: [float(x) for x in v] for k, v in per_round.items()},
+        "params_m": params_m, "gmacs": gmacs, "seconds": seconds, "source": "measured",
+        "seeds": list(cfg.seeds), "config": {"probe_preset": cfg.linear_preset if protocol == "linear"
+                                             else cfg.mlp_preset},
+        "hear_dymn_version": __version__, "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
+    return row
+
+
+def _reported_rows(cfg: SuiteConfig) -> list[dict[str, Any]]:
+    rows = []
+    for item in REPORTED_RESULTS:
+        if item["task"] not in cfg.tasks:
+            continue
+        cfg_weights = PRETRAINED[DEFAULT_WEIGHTS[item["model"]]]
+        rows.append({**item, "weights": cfg_weights.name, "weights_sha256": None, "protocol": "finetune",
+                     "task_version": None, "std": None, "n": None, "per_split": {},
+                     "params_m": cfg_weights.reported["params_m"], "gmacs": cfg_weights.reported["gmacs"],
+                     "seconds": None, "source": "reported", "citation": PAPER_CITATION})
+    return rows
