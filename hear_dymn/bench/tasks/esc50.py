@@ -55,7 +55,8 @@ class Esc50Task(Task):
             filename = row["filename"]
             if not filename or filename in seen:
                 raise DatasetLayoutError(
-                    f"{csv_path}, line {line}: empty or duplicate filename {filename!r}. Expected layout: {ESC50_LAYOUT}")
+                    f"{csv_path}, line {line}: empty or duplicate filename {filename!r}. "
+                    f"Expected layout: {ESC50_LAYOUT}")
             seen.add(filename)
             fold = parse_int(row["fold"], csv_path, "fold", line, ESC50_LAYOUT)
             target = parse_int(row["target"], csv_path, "target", line, ESC50_LAYOUT)

@@ -58,7 +58,8 @@ class Fsd50kTask(Task):
         eval_audio = require_file(self.root / "FSD50K.eval_audio", FSD50K_LAYOUT, directory=True)
 
         self._clips: dict[str, list[Clip]] = {"train": [], "valid": [], "eval": []}
-        for csv_path, rows, audio_dir in ((gt / "dev.csv", dev_rows, dev_audio), (gt / "eval.csv", eval_rows, eval_audio)):
+        sources = ((gt / "dev.csv", dev_rows, dev_audio), (gt / "eval.csv", eval_rows, eval_audio))
+        for csv_path, rows, audio_dir in sources:
             seen: set[str] = set()
             for line, row in rows:
                 fname = row["fname"]
@@ -85,7 +86,8 @@ class Fsd50kTask(Task):
         for split, clips in self._clips.items():
             clips.sort(key=lambda c: c.clip_id)
             if not clips:
-                raise DatasetLayoutError(f"FSD50K at {self.root}: split {split!r} is empty. Expected layout: {FSD50K_LAYOUT}")
+                raise DatasetLayoutError(
+                    f"FSD50K at {self.root}: split {split!r} is empty. Expected layout: {FSD50K_LAYOUT}")
         check_audio_files((c.path for cs in self._clips.values() for c in cs), FSD50K_LAYOUT, str(gt))
 
         counts = {s: len(c) for s, c in self._clips.items()}

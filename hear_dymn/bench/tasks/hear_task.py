@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["HearTask", "HEAR_LAYOUT", "PREFERRED_SAMPLE_RATE"]
 
-HEAR_LAYOUT = ("a hear-preprocess task folder: <root>/task_metadata.json, <root>/labelvocabulary.csv (header idx,label), "
+HEAR_LAYOUT = ("a hear-preprocess task folder: <root>/task_metadata.json, "
+               "<root>/labelvocabulary.csv (header idx,label), "
                "<root>/<split>.json (file name -> list of labels) and <root>/<sample_rate>/<split>/<file name>")
 PREFERRED_SAMPLE_RATE = 32000
 _METRICS: dict[str, MainMetric] = {"top1_acc": "accuracy", "mAP": "map"}
@@ -163,7 +164,8 @@ class HearTask(Task):
             nfolds = len(list(self.root.glob("fold[0-9][0-9].json")))
             logger.warning("%s: no 'nfolds' key; found %d foldNN.json files", meta_path, nfolds)
         if not isinstance(nfolds, int) or nfolds < 2:
-            raise DatasetLayoutError(f"{meta_path}: 'nfolds' must be an integer >= 2 for split_mode {mode!r}, got {nfolds!r}")
+            raise DatasetLayoutError(
+                f"{meta_path}: 'nfolds' must be an integer >= 2 for split_mode {mode!r}, got {nfolds!r}")
         return tuple(f"fold{i:02d}" for i in range(nfolds)), "folds"
 
     def _pick_sample_rate(self) -> int:

@@ -95,7 +95,8 @@ class OpenMicTask(Task):
                 relevance = float(row["relevance"])
             except ValueError:
                 raise DatasetLayoutError(
-                    f"{labels_path}, line {line}: column 'relevance' must be a number, got {row['relevance']!r}") from None
+                    f"{labels_path}, line {line}: column 'relevance' must be a number, "
+                    f"got {row['relevance']!r}") from None
             if not 0.0 <= relevance <= 1.0:
                 raise DatasetLayoutError(
                     f"{labels_path}, line {line}: column 'relevance' must be in [0, 1], got {relevance}")
