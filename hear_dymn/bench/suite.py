@@ -283,7 +283,7 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
         "model": embedder.name, "weights": weights_label, "weights_sha256": weights.get("sha256"),
         "protocol": protocol, "task": spec.name, "task_version": spec.version, "metric": metric,
         "mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values),
-        "per_split": {k: [float(x) for x in v] for k, v in per_round.items()},
+        "per_split": {k: float(np.mean(v)) for k, v in per_round.items()},  # mean over seeds
         "params_m": params_m, "gmacs": gmacs, "seconds": seconds, "source": "measured",
         "seeds": list(cfg.seeds), "config": {"probe_preset": cfg.linear_preset if protocol == "linear"
                                              else cfg.mlp_preset},

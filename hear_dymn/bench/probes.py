@@ -1,0 +1,815 @@
+"""Probes on precomputed clip embeddings: a logistic-regression probe and hear-eval-kit's MLP predictor.
+
+Both probes take :class:`ProbeData` splits (``float32`` embeddings ``x`` of shape ``(n, d)``, targets ``y`` that are
+class indices ``(n,)`` for multiclass tasks or 0/1 ``(n, C)`` for multilabel tasks, an optional ``(n, C)``
+annotation ``mask`` for partially labelled tasks such as OpenMIC) and return a :class:`ProbeResult` with the test
+scores, the test and validation metric, the selected hyper-parameters, a training history and the wall time.
+Hyper-parameters are always selected on the validation split with the task metric (``hear_dymn.bench.metrics``);
+when no validation split is given, a seeded, stratified 20 % of the training split is held out
+(:func:`holdout_split`).
+
+Linear probe (:func:`fit_linear_probe`): features are standardised with statistics of the training portion only;
+scikit-learn ``LogisticRegression`` (lbfgs, multinomial for multiclass, one binary model per class for
+multilabel, trained on the annotated clips of that class only; a class whose training labels are all equal gets a
+constant score). The inverse regularisation ``C`` is chosen from ``cfg.c_grid`` by the validation metric, ties
+broken by the lower validation log-loss; the fits along the grid are warm-started from smaller to larger ``C``.
+The final model is the one fitted on the training split with the best ``C``; when the validation split was carved
+out of the training split, it is refitted once on the whole training split (never on train + a given validation
+split).
+
+MLP probe (:func:`fit_mlp_probe`) follows the downstream predictor of the HEAR 2021 evaluation kit,
+hearbenchmark/hear-eval-kit @ 8559649 (v2021.1.3), ``heareval/predictions/task_predictions.py``:
+
+* Grid ``PARAM_GRID`` (L59-96): ``hidden_layers`` [1, 2], ``hidden_dim`` [1024], ``dropout`` [0.1],
+  ``lr`` [3.2e-3, 1e-3, 3.2e-4, 1e-4], ``patience`` [20], ``max_epochs`` [500], ``check_val_every_n_epoch`` [3],
+  ``batch_size`` [1024], ``hidden_norm`` [BatchNorm1d], ``norm_after_activation`` [False],
+  ``embedding_norm`` [Identity], ``initialization`` [xavier_uniform_, xavier_normal_], ``optim`` [Adam], i.e. 16
+  configurations. ``task_predictions`` (L1294-1344) seeds with 42, shuffles the grid and trains the first
+  ``grid_points`` of them; ``heareval/predictions/runner.py`` defaults ``--grid-points`` to 8. The configuration
+  with the best validation score (``sort_grid_points``) is kept; for k-fold tasks it is chosen on the first split
+  only and retrained with the same configuration on the other splits (L1344-1395).
+* Network ``FullyConnectedPrediction`` (L142-194): per hidden layer ``Linear -> hidden_norm -> Dropout -> ReLU``
+  (norm after the ReLU instead when ``norm_after_activation``); a final ``Linear`` projection. Weights are
+  initialised with the grid's ``initialization`` and gain ``calculate_gain(previous activation)`` (``"linear"``,
+  i.e. 1, for the first layer, ``"relu"`` after a hidden layer); biases keep PyTorch's default initialisation.
+* Inputs are not normalised: ``AbstractPredictionModel`` builds ``embedding_norm`` but the call in ``forward`` is
+  commented out (L214, L226) and the grid only holds Identity. ``MLPProbeConfig.standardize`` (default ``False``)
+  optionally standardises with training-split statistics.
+* Loss: ``CrossEntropyLoss`` for multiclass (one-hot targets arg-maxed, L128-139), ``BCEWithLogitsLoss`` (mean)
+  for multilabel (L179). Here masked multilabel tasks average the BCE over annotated entries only.
+* Optimiser ``Adam(lr)`` with default betas and no weight decay (``configure_optimizers``, L327).
+* Validation on the task's first score computed on the activated predictions (softmax / sigmoid) every
+  ``check_val_every_n_epoch`` epochs (Lightning validates after epochs 3, 6, ...). ``EarlyStopping`` (L999-1007,
+  ``min_delta`` 0, mode max) stops after ``patience`` validation checks without strict improvement;
+  ``ModelCheckpoint`` keeps the best-scoring checkpoint and the test predictions come from it.
+* Upstream's training loader is meant to shuffle in-memory training data (L847), but the check compares a list of
+  split names with ``"train"`` and so never shuffles; shuffling is ``MLPProbeConfig.shuffle`` here (default on).
+
+The implementation keeps all tensors in memory and slices mini-batches from a per-epoch permutation of the
+training tensor (no Lightning, no ``DataLoader``, no per-sample collation); a trailing mini-batch of one sample is
+skipped when the network has BatchNorm layers. Each configuration is seeded with ``torch.manual_seed`` from the
+probe seed and its index in the full grid, and mini-batch order comes from a seeded ``torch.Generator``, so results
+are reproducible given ``seed`` (on the same device and thread count).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import expit, softmax
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from .metrics import Metric, get_metric
+
+logger = logging.getLogger(__name__)
+
+_CONSTANT_LOGIT = 30.0  # logit of a class whose training labels are all equal
+_ABSENT_LOGIT = -1.0e4  # multiclass logit of a class that never occurs in training
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data containers
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """One split of precomputed embeddings.
+
+    Attributes:
+        x: ``(n, d)`` float32 embeddings.
+        y: ``(n,)`` integer class indices (multiclass) or ``(n, C)`` 0/1 labels (multilabel).
+        mask: optional ``(n, C)`` annotation mask (1 = label known); only for multilabel tasks.
+        clip_ids: optional clip identifiers, aligned with ``x``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray | None = None
+    clip_ids: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2:
+            raise ValueError(f"x must be (n, d), got shape {self.x.shape}")
+        if self.y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"{self.x.shape[0]} embeddings but {self.y.shape[0]} targets")
+        if self.mask is not None and self.mask.shape != self.y.shape:
+            raise ValueError(f"mask {self.mask.shape} must have the shape of y {self.y.shape}")
+        if self.clip_ids is not None and len(self.clip_ids) != self.x.shape[0]:
+            raise ValueError(f"{self.x.shape[0]} embeddings but {len(self.clip_ids)} clip ids")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: np.ndarray) -> ProbeData:
+        """The clips at ``index`` (an integer array)."""
+        return ProbeData(
+            x=self.x[index],
+            y=self.y[index],
+            mask=None if self.mask is None else self.mask[index],
+            clip_ids=None if self.clip_ids is None else [self.clip_ids[i] for i in index],
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of one probe fit.
+
+    Attributes:
+        scores: ``(n_test, C)`` test scores (softmax probabilities for multiclass, sigmoid for multilabel).
+        metrics: ``{metric: test value, "valid_" + metric: validation value of the selected model}``.
+        selected: the chosen hyper-parameters (``{"C": ...}`` for the linear probe; the grid point, the best
+            epoch and the grid index for the MLP).
+        history: linear: one entry per ``C`` (``C``, ``valid_metric``, ``valid_loss``); MLP: one entry per
+            validation check of every configuration (``config``, ``epoch``, ``train_loss``, ``valid_loss``,
+            ``valid_metric``).
+        seconds: wall time of the whole fit, selection included.
+    """
+
+    scores: np.ndarray
+    metrics: dict[str, float]
+    selected: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def fold_splits(folds: Sequence[str]) -> list[tuple[list[str], str, str]]:
+    """hear-eval-kit's k-fold rule (``data_splits_from_folds``): folds are sorted; for test fold k the validation
+    fold is k+1 (wrapping around) and the remaining folds are for training.
+
+    Args:
+        folds: fold names, e.g. ``["fold00", ..., "fold04"]``; at least 3, all distinct.
+
+    Returns:
+        One ``(train_folds, valid_fold, test_fold)`` per fold, in sorted order of the test fold.
+    """
+    ordered = sorted(folds)
+    if len(set(ordered)) != len(ordered):
+        raise ValueError(f"fold names are not unique: {list(folds)}")
+    if len(ordered) < 3:
+        raise ValueError(f"need at least 3 folds (train, valid, test), got {len(ordered)}")
+    splits = []
+    for k, test_fold in enumerate(ordered):
+        valid_fold = ordered[(k + 1) % len(ordered)]
+        train_folds = [f for f in ordered if f not in (test_fold, valid_fold)]
+        splits.append((train_folds, valid_fold, test_fold))
+    return splits
+
+
+def holdout_split(
+    y: np.ndarray, *, multilabel: bool, fraction: float = 0.2, seed: int = 0, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified hold-out of about ``fraction`` of the clips.
+
+    Multiclass clips are stratified by class; multilabel clips by their rarest (annotated) positive label, clips
+    without positive labels forming one more stratum. Each stratum of at least two clips gives
+    ``round(fraction * size)`` clips (at least one, never all) to the hold-out.
+
+    Args:
+        y: targets, ``(n,)`` or ``(n, C)``.
+        multilabel: whether ``y`` is a label matrix.
+        fraction: share of each stratum to hold out.
+        seed: seed of the permutation.
+        mask: optional annotation mask of a multilabel ``y``.
+
+    Returns:
+        Sorted ``(keep_index, holdout_index)``.
+    """
+    n = int(y.shape[0])
+    if n < 2:
+        raise ValueError("need at least two clips to hold out a validation split")
+    rng = np.random.default_rng(seed)
+    if multilabel:
+        positive = np.asarray(y) != 0
+        if mask is not None:
+            positive &= np.asarray(mask) != 0
+        freq = positive.sum(axis=0)
+        rarity = np.where(positive, freq[None, :], np.iinfo(np.int64).max)
+        strata = np.where(positive.any(axis=1), rarity.argmin(axis=1), -1)
+    else:
+        strata = np.asarray(y).astype(np.int64)
+    held = []
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        if members.size < 2:
+            continue
+        take = min(max(int(round(fraction * members.size)), 1), members.size - 1)
+        held.append(members[:take])
+    holdout = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+    if holdout.size == 0:
+        holdout = np.array([int(rng.integers(n))])
+    keep = np.setdiff1d(np.arange(n), holdout)
+    return keep, holdout
+
+
+def _num_classes(multilabel: bool, *splits: ProbeData | None) -> int:
+    present = [s for s in splits if s is not None]
+    if multilabel:
+        widths = {s.y.shape[1] if s.y.ndim == 2 else -1 for s in present}
+        if len(widths) != 1 or -1 in widths:
+            raise ValueError(f"multilabel targets must be (n, C) with the same C in every split, got {widths}")
+        return widths.pop()
+    for s in present:
+        if s.y.ndim != 1:
+            raise ValueError(f"multiclass targets must be (n,) class indices, got shape {s.y.shape}")
+        if s.mask is not None:
+            raise ValueError("an annotation mask is only supported for multilabel tasks")
+    return int(max(int(s.y.max()) for s in present if len(s))) + 1
+
+
+@dataclass(frozen=True)
+class _Standardizer:
+    mean: np.ndarray | None
+    std: np.ndarray | None
+
+    @classmethod
+    def fit(cls, x: np.ndarray, enabled: bool) -> _Standardizer:
+        if not enabled:
+            return cls(None, None)
+        x64 = np.asarray(x, dtype=np.float64)
+        mean = x64.mean(axis=0)
+        std = x64.std(axis=0)
+        std[std < 1e-12] = 1.0
+        return cls(mean, std)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.mean is None or self.std is None:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32)
+
+
+def _to_maximise(value: float, metric: Metric) -> float:
+    if value is None or math.isnan(value):
+        return -math.inf
+    return value if metric.higher_is_better else -value
+
+
+def _log_loss(y: np.ndarray, probs: np.ndarray, mask: np.ndarray | None, multilabel: bool) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    if not multilabel:
+        return float(-np.mean(np.log(p[np.arange(len(y)), np.asarray(y, dtype=np.int64)])))
+    t = np.asarray(y, dtype=np.float64)
+    loss = -(t * np.log(p) + (1.0 - t) * np.log1p(-p))
+    if mask is None:
+        return float(loss.mean())
+    m = np.asarray(mask, dtype=np.float64)
+    return float((loss * m).sum() / max(m.sum(), 1.0))
+
+
+def _carve_validation(
+    train: ProbeData, valid: ProbeData | None, *, multilabel: bool, fraction: float, seed: int
+) -> tuple[ProbeData, ProbeData, bool]:
+    if valid is not None:
+        return train, valid, False
+    keep, holdout = holdout_split(train.y, multilabel=multilabel, fraction=fraction, seed=seed, mask=train.mask)
+    logger.info("no validation split: holding out %d of %d training clips", holdout.size, len(train))
+    return train.subset(keep), train.subset(holdout), True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Linear probe
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig:
+    """Logistic-regression probe settings.
+
+    Attributes:
+        c_grid: inverse L2 regularisation strengths to select from.
+        max_iter: lbfgs iteration limit per fit.
+        tol: lbfgs tolerance.
+        standardize: standardise features with training-split statistics.
+        valid_fraction: hold-out share used when no validation split is given.
+        n_jobs: parallel jobs over classes of a multilabel task (joblib); 1 = sequential.
+    """
+
+    c_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    max_iter: int = 1000
+    tol: float = 1e-4
+    standardize: bool = True
+    valid_fraction: float = 0.2
+    n_jobs: int = 1
+
+    def with_selected(self, selected: Mapping[str, Any]) -> LinearProbeConfig:
+        """A copy whose grid holds only ``selected["C"]`` (to retrain a chosen model on other folds)."""
+        return replace(self, c_grid=(float(selected["C"]),))
+
+
+LINEAR_PRESETS: dict[str, LinearProbeConfig] = {
+    "default": LinearProbeConfig(),
+    "fast": LinearProbeConfig(c_grid=(1e-3, 1e-2, 1e-1, 1.0), max_iter=200),
+}
+
+
+def _fit_binary_path(
+    x: np.ndarray, rows: np.ndarray | None, yk: np.ndarray, cs: Sequence[float], max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Binary logistic regressions along ``cs`` (ascending, warm-started) on ``x[rows]``."""
+    if rows is not None:
+        x = x[rows]
+    weights = np.zeros((len(cs), x.shape[1]))
+    bias = np.zeros(len(cs))
+    labels = np.asarray(yk) != 0
+    if labels.size == 0:
+        return weights, bias, 0
+    if labels.all() or not labels.any():
+        bias[:] = _CONSTANT_LOGIT if labels[0] else -_CONSTANT_LOGIT
+        return weights, bias, 0
+    clf = LogisticRegression(C=cs[0], max_iter=max_iter, tol=tol, warm_start=True)
+    not_converged = 0
+    for i, c in enumerate(cs):
+        clf.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, labels.astype(np.int64))
+        not_converged += int(np.max(clf.n_iter_) >= max_iter)
+        weights[i] = clf.coef_[0]
+        bias[i] = clf.intercept_[0]
+    return weights, bias, not_converged
+
+
+def _fit_multiclass_path(
+    x: np.ndarray, y: np.ndarray, n_classes: int, cs: Sequence[float], max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    weights = np.zeros((len(cs), n_classes, x.shape[1]))
+    bias = np.full((len(cs), n_classes), _ABSENT_LOGIT)
+    present = np.unique(y)
+    if present.size == 1:
+        bias[:, present[0]] = 0.0
+        return weights, bias, 0
+    clf = LogisticRegression(C=cs[0], max_iter=max_iter, tol=tol, warm_start=True)
+    not_converged = 0
+    for i, c in enumerate(cs):
+        clf.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, y)
+        not_converged += int(np.max(clf.n_iter_) >= max_iter)
+        if clf.coef_.shape[0] == 1:  # two classes: sklearn fits one logit for classes_[1]
+            bias[i, present[0]] = 0.0
+            weights[i, present[1]] = clf.coef_[0]
+            bias[i, present[1]] = clf.intercept_[0]
+        else:
+            weights[i, clf.classes_] = clf.coef_
+            bias[i, clf.classes_] = clf.intercept_
+    return weights, bias, not_converged
+
+
+def _fit_linear_path(
+    x: np.ndarray, data: ProbeData, *, multilabel: bool, n_classes: int, cs: Sequence[float], cfg: LinearProbeConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights ``(len(cs), C, d)`` and biases ``(len(cs), C)`` of the logit layer for every ``C``."""
+    if not multilabel:
+        weights, bias, not_converged = _fit_multiclass_path(
+            x, np.asarray(data.y, dtype=np.int64), n_classes, cs, cfg.max_iter, cfg.tol
+        )
+    else:
+        jobs = []
+        for k in range(n_classes):
+            rows = None if data.mask is None else np.flatnonzero(data.mask[:, k] != 0)
+            yk = data.y[:, k] if rows is None else data.y[rows, k]
+            jobs.append((rows, yk))
+        if cfg.n_jobs == 1:
+            results = [_fit_binary_path(x, rows, yk, cs, cfg.max_iter, cfg.tol) for rows, yk in jobs]
+        else:
+            from joblib import Parallel, delayed
+
+            results = Parallel(n_jobs=cfg.n_jobs)(
+                delayed(_fit_binary_path)(x, rows, yk, cs, cfg.max_iter, cfg.tol) for rows, yk in jobs
+            )
+        weights = np.stack([r[0] for r in results], axis=1)
+        bias = np.stack([r[1] for r in results], axis=1)
+        not_converged = sum(r[2] for r in results)
+    if not_converged:
+        logger.warning("linear probe: %d lbfgs fits hit max_iter=%d", not_converged, cfg.max_iter)
+    return weights, bias
+
+
+def _linear_scores(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, multilabel: bool) -> np.ndarray:
+    logits = np.asarray(x, dtype=np.float64) @ weights.T + bias
+    probs = expit(logits) if multilabel else softmax(logits, axis=1)
+    return probs.astype(np.float32)
+
+
+def fit_linear_probe(
+    train: ProbeData,
+    valid: ProbeData | None,
+    test: ProbeData,
+    *,
+    multilabel: bool,
+    metric: str,
+    cfg: LinearProbeConfig | None = None,
+    seed: int = 0,
+) -> ProbeResult:
+    """Logistic-regression probe with ``C`` selected on the validation split.
+
+    Args:
+        train: training split.
+        valid: validation split, or ``None`` to hold out ``cfg.valid_fraction`` of ``train``.
+        test: test split (scored once, with the selected model).
+        multilabel: one-vs-rest binary models instead of a multinomial model.
+        metric: key of ``hear_dymn.bench.metrics.METRICS`` used for selection and reported on test.
+        cfg: probe settings (default: ``LINEAR_PRESETS["default"]``).
+        seed: seed of the hold-out split.
+
+    Returns:
+        The :class:`ProbeResult`; ``selected`` is ``{"C": best_C}``.
+    """
+    start = time.perf_counter()
+    cfg = cfg or LINEAR_PRESETS["default"]
+    score_fn = get_metric(metric)
+    n_classes = _num_classes(multilabel, train, valid, test)
+    fit_data, sel_data, carved = _carve_validation(
+        train, valid, multilabel=multilabel, fraction=cfg.valid_fraction, seed=seed
+    )
+    cs = sorted({float(c) for c in cfg.c_grid})
+    if not cs:
+        raise ValueError("c_grid is empty")
+
+    scaler = _Standardizer.fit(fit_data.x, cfg.standardize)
+    weights, bias = _fit_linear_path(
+        scaler(fit_data.x), fit_data, multilabel=multilabel, n_classes=n_classes, cs=cs, cfg=cfg
+    )
+    x_valid = scaler(sel_data.x)
+    history: list[dict[str, Any]] = []
+    for i, c in enumerate(cs):
+        probs = _linear_scores(x_valid, weights[i], bias[i], multilabel)
+        value = score_fn(sel_data.y, probs, sel_data.mask)
+        loss = _log_loss(sel_data.y, probs, sel_data.mask, multilabel)
+        history.append({"C": c, "valid_metric": float(value), "valid_loss": loss})
+        logger.debug("linear probe C=%g: valid %s=%.4f loss=%.4f", c, metric, value, loss)
+    best = max(
+        range(len(cs)), key=lambda i: (_to_maximise(history[i]["valid_metric"], score_fn), -history[i]["valid_loss"])
+    )
+    best_c = cs[best]
+
+    if carved:
+        scaler = _Standardizer.fit(train.x, cfg.standardize)
+        w_final, b_final = _fit_linear_path(
+            scaler(train.x), train, multilabel=multilabel, n_classes=n_classes, cs=[best_c], cfg=cfg
+        )
+        w_best, b_best = w_final[0], b_final[0]
+    else:
+        w_best, b_best = weights[best], bias[best]
+    scores = _linear_scores(scaler(test.x), w_best, b_best, multilabel)
+    test_value = score_fn(test.y, scores, test.mask)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "linear probe: C=%g, valid %s=%.4f, test %s=%.4f (%.1f s)",
+        best_c, metric, history[best]["valid_metric"], metric, test_value, seconds,
+    )
+    return ProbeResult(
+        scores=scores,
+        metrics={metric: float(test_value), f"valid_{metric}": float(history[best]["valid_metric"])},
+        selected={"C": best_c},
+        history=history,
+        seconds=seconds,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLP probe (hear-eval-kit protocol)
+
+_INITIALIZERS: dict[str, Callable[..., torch.Tensor]] = {
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+}
+_GRID_KEYS = ("hidden_layers", "hidden_dim", "dropout", "lr", "initialization")
+
+
+@dataclass(frozen=True)
+class MLPProbeConfig:
+    """MLP probe settings; tuple fields form the hyper-parameter grid.
+
+    Attributes:
+        hidden_layers: grid of hidden-layer counts.
+        hidden_dim: grid of hidden widths.
+        dropout: grid of dropout rates.
+        lr: grid of Adam learning rates.
+        initialization: grid of weight initialisations (``"xavier_uniform"``, ``"xavier_normal"``).
+        hidden_norm: ``"batchnorm"``, ``"layernorm"`` or ``"none"``.
+        norm_after_activation: put the norm after the ReLU instead of after the Linear.
+        patience: validation checks without improvement before stopping.
+        max_epochs: epoch limit.
+        check_val_every_n_epoch: validate after every this many epochs.
+        batch_size: training mini-batch size.
+        grid_points: train this many grid points drawn (seeded) from the grid; ``None`` = all, in grid order.
+        standardize: standardise inputs with training-split statistics (hear-eval-kit does not).
+        shuffle: reshuffle the training clips every epoch.
+        valid_fraction: hold-out share used when no validation split is given.
+        eval_batch_size: batch size for validation/test forward passes.
+        device: torch device for training.
+    """
+
+    hidden_layers: tuple[int, ...] = (1, 2)
+    hidden_dim: tuple[int, ...] = (1024,)
+    dropout: tuple[float, ...] = (0.1,)
+    lr: tuple[float, ...] = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
+    initialization: tuple[str, ...] = ("xavier_uniform", "xavier_normal")
+    hidden_norm: str = "batchnorm"
+    norm_after_activation: bool = False
+    patience: int = 20
+    max_epochs: int = 500
+    check_val_every_n_epoch: int = 3
+    batch_size: int = 1024
+    grid_points: int | None = 8
+    standardize: bool = False
+    shuffle: bool = True
+    valid_fraction: float = 0.2
+    eval_batch_size: int = 8192
+    device: str = "cpu"
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point, in a fixed order."""
+        values = [getattr(self, key) for key in _GRID_KEYS]
+        return [dict(zip(_GRID_KEYS, combo)) for combo in itertools.product(*values)]
+
+    def draw(self, seed: int) -> list[tuple[int, dict[str, Any]]]:
+        """The grid points to train as ``(index in grid(), point)``: a seeded sample of ``grid_points`` of them."""
+        points = self.grid()
+        if self.grid_points is None or self.grid_points >= len(points):
+            return list(enumerate(points))
+        order = np.random.default_rng(seed).permutation(len(points))[: self.grid_points]
+        return [(int(i), points[i]) for i in order]
+
+    def with_selected(self, selected: Mapping[str, Any]) -> MLPProbeConfig:
+        """A copy whose grid is the single point ``selected`` (to retrain a chosen model on other folds)."""
+        return replace(self, grid_points=None, **{key: (selected[key],) for key in _GRID_KEYS})
+
+
+MLP_PRESETS: dict[str, MLPProbeConfig] = {
+    # hear-eval-kit's default: 8 of the 16 grid points.
+    "hear": MLPProbeConfig(),
+    "hear_full": MLPProbeConfig(grid_points=None),
+    "fast": MLPProbeConfig(
+        hidden_layers=(1,), lr=(1e-3, 3.2e-4), initialization=("xavier_uniform",), max_epochs=100, patience=10,
+        grid_points=None,
+    ),
+    "quick": MLPProbeConfig(
+        hidden_layers=(1,), hidden_dim=(128,), lr=(3.2e-3,), initialization=("xavier_uniform",), max_epochs=30,
+        patience=5, check_val_every_n_epoch=1, batch_size=256, grid_points=None,
+    ),
+}
+
+
+def _norm_layer(kind: str, dim: int) -> nn.Module:
+    if kind == "batchnorm":
+        return nn.BatchNorm1d(dim)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown hidden_norm {kind!r} (batchnorm, layernorm, none)")
+
+
+def build_mlp(n_in: int, n_out: int, point: Mapping[str, Any], cfg: MLPProbeConfig) -> nn.Sequential:
+    """hear-eval-kit's ``FullyConnectedPrediction`` network for one grid point (logits out).
+
+    Args:
+        n_in: embedding size.
+        n_out: number of classes.
+        point: grid point with ``hidden_layers``, ``hidden_dim``, ``dropout``, ``initialization``.
+        cfg: supplies ``hidden_norm`` and ``norm_after_activation``.
+    """
+    try:
+        init = _INITIALIZERS[point["initialization"]]
+    except KeyError:
+        raise ValueError(f"unknown initialization {point['initialization']!r}; known: {sorted(_INITIALIZERS)}") from None
+    layers: list[nn.Module] = []
+    width, previous = n_in, "linear"
+    for _ in range(int(point["hidden_layers"])):
+        linear = nn.Linear(width, int(point["hidden_dim"]))
+        init(linear.weight, gain=nn.init.calculate_gain(previous))
+        layers.append(linear)
+        if not cfg.norm_after_activation:
+            layers.append(_norm_layer(cfg.hidden_norm, int(point["hidden_dim"])))
+        layers += [nn.Dropout(float(point["dropout"])), nn.ReLU()]
+        if cfg.norm_after_activation:
+            layers.append(_norm_layer(cfg.hidden_norm, int(point["hidden_dim"])))
+        width, previous = int(point["hidden_dim"]), "relu"
+    projection = nn.Linear(width, n_out)
+    init(projection.weight, gain=nn.init.calculate_gain(previous))
+    layers.append(projection)
+    return nn.Sequential(*layers)
+
+
+def _mlp_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, multilabel: bool) -> torch.Tensor:
+    if not multilabel:
+        return F.cross_entropy(logits, y)
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, y)
+    per_entry = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return (per_entry * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def _activate(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+    return probs.float().cpu().numpy()
+
+
+@dataclass
+class _Tensors:
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor | None
+    data: ProbeData
+
+
+def _tensors(data: ProbeData, scaler: _Standardizer, multilabel: bool, device: torch.device) -> _Tensors:
+    x = torch.from_numpy(scaler(data.x)).to(device)
+    if multilabel:
+        y = torch.from_numpy(np.asarray(data.y, dtype=np.float32)).to(device)
+    else:
+        y = torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(device)
+    mask = None if data.mask is None else torch.from_numpy(np.asarray(data.mask, dtype=np.float32)).to(device)
+    return _Tensors(x, y, mask, data)
+
+
+@dataclass
+class _Run:
+    score: float
+    value: float
+    epoch: int
+    state: dict[str, torch.Tensor] | None
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with default betas and no weight decay; the fused kernel where the device supports it (same update)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def _config_seed(seed: int, index: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * int(index)) % (2**63 - 1)
+
+
+def _train_mlp(
+    index: int,
+    point: Mapping[str, Any],
+    train: _Tensors,
+    valid: _Tensors,
+    *,
+    n_classes: int,
+    multilabel: bool,
+    score_fn: Metric,
+    cfg: MLPProbeConfig,
+    seed: int,
+) -> _Run:
+    start = time.perf_counter()
+    run_seed = _config_seed(seed, index)
+    torch.manual_seed(run_seed)
+    model = build_mlp(train.x.shape[1], n_classes, point, cfg).to(train.x.device)
+    has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    optimizer = _adam(model, float(point["lr"]))
+    generator = torch.Generator().manual_seed(run_seed)
+    n = train.x.shape[0]
+    batch = max(1, min(cfg.batch_size, n))
+    check_every = max(1, cfg.check_val_every_n_epoch)
+
+    best = _Run(-math.inf, math.nan, 0, None, [], 0.0)
+    stale_checks = 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        if cfg.shuffle:
+            perm = torch.randperm(n, generator=generator).to(train.x.device)
+            xs, ys = train.x[perm], train.y[perm]
+            ms = None if train.mask is None else train.mask[perm]
+        else:
+            xs, ys, ms = train.x, train.y, train.mask
+        loss_sum = torch.zeros((), device=train.x.device)
+        seen = 0
+        for i in range(0, n, batch):
+            xb = xs[i : i + batch]
+            if has_batchnorm and xb.shape[0] < 2:
+                continue
+            loss = _mlp_loss(model(xb), ys[i : i + batch], None if ms is None else ms[i : i + batch], multilabel)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * xb.shape[0]
+            seen += xb.shape[0]
+
+        if epoch % check_every != 0 and not (epoch == cfg.max_epochs and best.state is None):
+            continue
+        logits = _logits(model, valid.x, cfg.eval_batch_size)
+        valid_loss = float(_mlp_loss(logits, valid.y, valid.mask, multilabel))
+        value = float(score_fn(valid.data.y, _activate(logits, multilabel), valid.data.mask))
+        best.history.append(
+            {
+                "config": index,
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "valid_loss": valid_loss,
+                "valid_metric": value,
+            }
+        )
+        score = _to_maximise(value, score_fn)
+        if score > best.score or best.state is None:
+            best.score, best.value, best.epoch = score, value, epoch
+            best.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stale_checks = 0 if score > -math.inf else stale_checks + 1
+        else:
+            stale_checks += 1
+        if stale_checks >= cfg.patience:
+            break
+    best.seconds = time.perf_counter() - start
+    return best
+
+
+def fit_mlp_probe(
+    train: ProbeData,
+    valid: ProbeData | None,
+    test: ProbeData,
+    *,
+    multilabel: bool,
+    metric: str,
+    cfg: MLPProbeConfig | None = None,
+    seed: int = 0,
+) -> ProbeResult:
+    """hear-eval-kit's MLP predictor: grid search with early stopping on the validation metric.
+
+    Args:
+        train: training split.
+        valid: validation split (early stopping and grid selection), or ``None`` to hold out
+            ``cfg.valid_fraction`` of ``train`` (no refit afterwards: the held-out clips are needed for stopping).
+        test: test split, scored with the best checkpoint of the best grid point.
+        multilabel: sigmoid + BCE instead of softmax + cross-entropy; a ``mask`` restricts the BCE to annotated
+            labels.
+        metric: key of ``hear_dymn.bench.metrics.METRICS``.
+        cfg: probe settings (default: ``MLP_PRESETS["hear"]``).
+        seed: seeds the grid draw, the hold-out split, initialisation, dropout and mini-batch order.
+
+    Returns:
+        The :class:`ProbeResult`.
+    """
+    start = time.perf_counter()
+    cfg = cfg or MLP_PRESETS["hear"]
+    score_fn = get_metric(metric)
+    n_classes = _num_classes(multilabel, train, valid, test)
+    fit_data, sel_data, _ = _carve_validation(
+        train, valid, multilabel=multilabel, fraction=cfg.valid_fraction, seed=seed
+    )
+    device = torch.device(cfg.device)
+    scaler = _Standardizer.fit(fit_data.x, cfg.standardize)
+    train_t = _tensors(fit_data, scaler, multilabel, device)
+    valid_t = _tensors(sel_data, scaler, multilabel, device)
+
+    points = cfg.draw(seed)
+    history: list[dict[str, Any]] = []
+    best_run: _Run | None = None
+    best_index, best_point = -1, {}
+    for rank, (index, point) in enumerate(points, start=1):
+        run = _train_mlp(
+            index, point, train_t, valid_t,
+            n_classes=n_classes, multilabel=multilabel, score_fn=score_fn, cfg=cfg, seed=seed,
+        )
+        history.extend(run.history)
+        logger.info(
+            "mlp probe grid point %d/%d %s: valid %s=%.4f at epoch %d (%.1f s)",
+            rank, len(points), point, metric, run.value, run.epoch, run.seconds,
+        )
+        if best_run is None or run.score > best_run.score:
+            best_run, best_index, best_point = run, index, point
+    if best_run is None or best_run.state is None:
+        raise RuntimeError("the MLP probe produced no validated model")
+
+    torch.manual_seed(_config_seed(seed, best_index))
+    model = build_mlp(train_t.x.shape[1], n_classes, best_point, cfg).to(device)
+    model.load_state_dict(best_run.state)
+    test_x = torch.from_numpy(scaler(test.x)).to(device)
+    scores = _activate(_logits(model, test_x, cfg.eval_batch_size), multilabel)
+    test_value = score_fn(test.y, scores, test.mask)
+    seconds = time.perf_counter() - start
+    selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index}
+    logger.info("mlp probe: selected %s, test %s=%.4f (%.1f s)", selected, metric, test_value, seconds)
+    return ProbeResult(
+        scores=scores,
+        metrics={metric: float(test_value), f"valid_{metric}": float(best_run.value)},
+        selected=selected,
+        history=history,
+        seconds=seconds,
+    )

@@ -1,0 +1,711 @@
+"""Leaderboard reports from aggregated benchmark results: Markdown, CSV, self-contained HTML and PNG plots.
+
+A result row is a dict describing one (model, weights, protocol, task) aggregated over seeds or folds:
+
+=================  =============================================================================================
+key                meaning
+=================  =============================================================================================
+``model``          architecture name, e.g. ``"dymn10"`` (required)
+``weights``        weights name, or ``"random init"`` for an untrained network
+``weights_sha256`` digest of the weights file (``None`` for random init)
+``protocol``       ``"linear"``, ``"mlp"`` or ``"finetune"`` (required)
+``task``           task key, e.g. ``"esc50"`` (required); ``task_version`` its version
+``metric``         key of ``hear_dymn.bench.metrics.METRICS`` (required)
+``mean``, ``std``  score over seeds/folds as a fraction (rendered in %); ``n`` how many seeds/folds
+``per_split``      per-fold or per-seed scores (list or dict, fractions)
+``params_m``       parameters in millions; ``gmacs`` multiply-accumulates in G; ``seconds`` wall time
+``source``         ``"measured"`` (default) or ``"reported"``; reported rows carry a ``citation``
+=================  =============================================================================================
+
+:func:`render_leaderboard` is a pure function returning the Markdown leaderboard (one line per model, weights,
+protocol and source; one column per task and metric; reported rows get a footnote with their citation; random-init
+weights are shown in bold). :func:`write_reports` writes ``leaderboard.md``, ``leaderboard.csv``,
+``leaderboard.html`` (inline CSS, plots embedded as base64 PNG) and ``plots/*.png`` (score vs GMACs and vs
+parameters, and a bar chart with error bars, per task), each file written atomically (temporary file in the same
+directory, then ``os.replace``). Plots use matplotlib's Agg canvas directly, without touching pyplot state.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .metrics import METRICS
+
+logger = logging.getLogger(__name__)
+
+RANDOM_INIT = "random init"
+
+TASK_DISPLAY: dict[str, str] = {
+    "esc50": "ESC-50",
+    "esc-50": "ESC-50",
+    "fsd50k": "FSD50K",
+    "openmic": "OpenMIC",
+    "openmic2018": "OpenMIC",
+}
+TASK_ORDER: tuple[str, ...] = ("esc50", "esc-50", "fsd50k", "openmic", "openmic2018")
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "model", "weights", "weights_sha256", "protocol", "task", "task_version", "metric", "mean", "std", "n",
+    "per_split", "params_m", "gmacs", "seconds", "source", "citation",
+)
+_REQUIRED = ("model", "protocol", "task", "metric", "mean")
+_MISSING = "–"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Report rendering settings.
+
+    Attributes:
+        decimals: decimals of scores in % in the tables.
+        dpi: PNG resolution.
+        figsize: plot size in inches.
+        max_list_items: longer provenance lists (e.g. skipped files) are cut to this many entries.
+        title: heading of the Markdown and HTML reports.
+    """
+
+    decimals: int = 1
+    dpi: int = 110
+    figsize: tuple[float, float] = (6.4, 4.4)
+    max_list_items: int = 20
+    title: str = "hear_dymn benchmark"
+
+
+REPORT_PRESETS: dict[str, ReportConfig] = {
+    "default": ReportConfig(),
+    "print": ReportConfig(dpi=200, decimals=2),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Row helpers
+
+
+def _check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
+    for i, row in enumerate(rows):
+        missing = [k for k in _REQUIRED if k not in row]
+        if missing:
+            raise ValueError(f"result row {i} lacks {missing}: {dict(row)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _is_reported(row: Mapping[str, Any]) -> bool:
+    return str(row.get("source", "measured")).lower() == "reported"
+
+
+def is_random_init(weights: Any) -> bool:
+    """Whether a ``weights`` value means an untrained network."""
+    return weights is None or str(weights).strip().lower() in (RANDOM_INIT, "random", "none", "")
+
+
+def _task_label(task: str) -> str:
+    return TASK_DISPLAY.get(task.lower(), task)
+
+
+def _metric_name(metric: str) -> str:
+    m = METRICS.get(metric)
+    return m.display if m is not None and m.display else metric
+
+
+def _metric_label(metric: str) -> str:
+    m = METRICS.get(metric)
+    arrow = "↑" if m is None or m.higher_is_better else "↓"
+    return f"{_metric_name(metric)} {arrow}"
+
+
+def _pct(value: Any, decimals: int) -> str:
+    return f"{100.0 * float(value):.{decimals}f}" if _is_number(value) else "n/a"
+
+
+def _score_text(row: Mapping[str, Any], decimals: int) -> str:
+    mean = row.get("mean")
+    if not _is_number(mean):
+        return "n/a"
+    std = row.get("std")
+    n = row.get("n")
+    if _is_number(std) and (n is None or not _is_number(n) or int(n) > 1):
+        return f"{_pct(mean, decimals)} ± {_pct(std, decimals)}"
+    return _pct(mean, decimals)
+
+
+def _num_text(value: Any, fmt: str) -> str:
+    return format(float(value), fmt) if _is_number(value) else _MISSING
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, str, str, bool, str]:
+    weights = RANDOM_INIT if is_random_init(row.get("weights")) else str(row.get("weights"))
+    return (str(row["model"]), weights, str(row["protocol"]), _is_reported(row), str(row.get("citation") or ""))
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    for row in rows:
+        col = (str(row["task"]), str(row["metric"]))
+        if col not in seen:
+            seen.append(col)
+
+    def order(col: tuple[str, str]) -> tuple[int, int]:
+        task = col[0].lower()
+        known = TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+        return known, seen.index(col)
+
+    return sorted(seen, key=order)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Leaderboard table (shared by Markdown and HTML)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    text: str
+    bold: bool = False
+    footnote: int | None = None
+    numeric: bool = False
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: list[str]
+    numeric: list[bool]
+    rows: list[list[_Cell]]
+    footnotes: list[str] = field(default_factory=list)
+
+
+def _leaderboard_table(rows: Sequence[Mapping[str, Any]], decimals: int) -> _Table:
+    _check_rows(rows)
+    columns = _columns(rows)
+    groups: dict[tuple[str, str, str, bool, str], dict[tuple[str, str], Mapping[str, Any]]] = {}
+    for row in rows:
+        cells = groups.setdefault(_row_key(row), {})
+        col = (str(row["task"]), str(row["metric"]))
+        if col in cells:
+            logger.warning("duplicate result for %s on %s/%s: keeping the last one", _row_key(row)[:3], *col)
+        cells[col] = row
+
+    footnotes: list[str] = []
+    body: list[list[_Cell]] = []
+    for (model, weights, protocol, reported, citation), cells in groups.items():
+        first = next(iter(cells.values()))
+        params = next((r.get("params_m") for r in cells.values() if _is_number(r.get("params_m"))), None)
+        gmacs = next((r.get("gmacs") for r in cells.values() if _is_number(r.get("gmacs"))), None)
+        footnote = None
+        model_text = model
+        if reported:
+            note = citation or "reported value; source not given"
+            if note not in footnotes:
+                footnotes.append(note)
+            footnote = footnotes.index(note) + 1
+            model_text = f"{model} (reported)"
+        line = [
+            _Cell(model_text, footnote=footnote),
+            _Cell(weights, bold=is_random_init(first.get("weights"))),
+            _Cell(protocol),
+            _Cell(_num_text(params, ".2f"), numeric=True),
+            _Cell(_num_text(gmacs, ".3f"), numeric=True),
+        ]
+        for col in columns:
+            line.append(_Cell(_score_text(cells[col], decimals) if col in cells else _MISSING, numeric=True))
+        body.append(line)
+
+    header = ["model", "weights", "protocol", "params (M)", "GMACs"]
+    header += [f"{_task_label(task)} {_metric_label(metric)}" for task, metric in columns]
+    numeric = [False, False, False, True, True] + [True] * len(columns)
+    return _Table(header, numeric, body, footnotes)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_cell(cell: _Cell) -> str:
+    text = _md_escape(cell.text)
+    if cell.bold:
+        text = f"**{text}**"
+    if cell.footnote is not None:
+        text += f"[^{cell.footnote}]"
+    return text
+
+
+def _md_table(header: Sequence[str], numeric: Sequence[bool], rows: Sequence[Sequence[_Cell]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---:" if num else "---" for num in numeric) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_leaderboard(rows: Sequence[Mapping[str, Any]], decimals: int = 1) -> str:
+    """The Markdown leaderboard of ``rows``.
+
+    One line per (model, weights, protocol, source, citation), in order of first appearance; one column per
+    (task, metric), known tasks first (ESC-50, FSD50K, OpenMIC). Cells are ``mean ± std`` in % (``std`` is left
+    out when ``n`` is 1 or ``std`` is missing), ``–`` where there is no result. Reported rows are labelled
+    ``(reported)`` with a footnote giving the citation; random-init weights are in bold.
+
+    Args:
+        rows: result rows (see the module docstring).
+        decimals: decimals of the percentages.
+
+    Returns:
+        The table followed by its footnotes, ending in a newline.
+    """
+    table = _leaderboard_table(rows, decimals)
+    lines = _md_table(table.header, table.numeric, table.rows)
+    if table.footnotes:
+        lines.append("")
+        lines += [f"[^{i}]: {note}" for i, note in enumerate(table.footnotes, start=1)]
+    return "\n".join(lines) + "\n"
+
+
+def _details_table(rows: Sequence[Mapping[str, Any]], decimals: int) -> tuple[list[str], list[bool], list[list[_Cell]]]:
+    header = [
+        "model", "weights", "weights sha256", "protocol", "task", "version", "metric", "mean", "std", "n",
+        "per split", "seconds", "source",
+    ]
+    numeric = [False] * 7 + [True, True, True, False, True, False]
+    body = []
+    for row in rows:
+        sha = row.get("weights_sha256")
+        body.append(
+            [
+                _Cell(str(row["model"])),
+                _Cell(_row_key(row)[1], bold=is_random_init(row.get("weights"))),
+                _Cell(str(sha)[:12] if sha else _MISSING),
+                _Cell(str(row["protocol"])),
+                _Cell(_task_label(str(row["task"]))),
+                _Cell(str(row.get("task_version") or _MISSING)),
+                _Cell(str(row["metric"])),
+                _Cell(_pct(row.get("mean"), decimals + 1), numeric=True),
+                _Cell(_pct(row.get("std"), decimals + 1) if _is_number(row.get("std")) else _MISSING, numeric=True),
+                _Cell(str(row.get("n")) if row.get("n") is not None else _MISSING, numeric=True),
+                _Cell(_per_split_text(row.get("per_split"), decimals)),
+                _Cell(_num_text(row.get("seconds"), ".1f"), numeric=True),
+                _Cell(str(row.get("source", "measured"))),
+            ]
+        )
+    return header, numeric, body
+
+
+def _per_split_text(per_split: Any, decimals: int) -> str:
+    if isinstance(per_split, Mapping):
+        return ", ".join(f"{k}: {_pct(v, decimals)}" for k, v in per_split.items()) or _MISSING
+    if isinstance(per_split, (list, tuple)):
+        return ", ".join(_pct(v, decimals) for v in per_split) or _MISSING
+    return _MISSING
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance
+
+
+@dataclass(frozen=True)
+class _Node:
+    label: str
+    text: str = ""
+    children: tuple[_Node, ...] = ()
+
+
+def _label(key: Any) -> str:
+    text = str(key).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _provenance_nodes(value: Any, max_items: int) -> tuple[str, tuple[_Node, ...]]:
+    """(inline text, child nodes) of one provenance value; nested keys are shown verbatim."""
+    if isinstance(value, Mapping):
+        return "", tuple(_node(k, v, max_items, top=False) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if not items:
+            return "none", ()
+        if all(not isinstance(v, (Mapping, list, tuple, set, frozenset)) for v in items):
+            shown = ", ".join(_scalar(v) for v in items[:max_items])
+            if len(items) > max_items:
+                shown += f", … ({len(items) - max_items} more; {len(items)} in all)"
+            return shown, ()
+        children = []
+        for i, item in enumerate(items[:max_items]):
+            if isinstance(item, Mapping) and "name" in item:
+                rest = {k: v for k, v in item.items() if k != "name"}
+                if all(not isinstance(v, (Mapping, list, tuple, set, frozenset)) for v in rest.values()):
+                    text = "; ".join(f"{k}: {_scalar(v)}" for k, v in rest.items())
+                    children.append(_Node(str(item["name"]), text))
+                    continue
+                children.append(_node(item["name"], rest, max_items, top=False))
+            else:
+                children.append(_node(i, item, max_items, top=False))
+        text = f"{len(items) - max_items} more not shown" if len(items) > max_items else ""
+        return text, tuple(children)
+    return _scalar(value), ()
+
+
+def _node(key: Any, value: Any, max_items: int, top: bool = True) -> _Node:
+    text, children = _provenance_nodes(value, max_items)
+    return _Node(_label(key) if top else str(key), text, children)
+
+
+def _provenance_tree(provenance: Mapping[str, Any], max_items: int) -> list[_Node]:
+    nodes = [_node(k, v, max_items) for k, v in provenance.items()]
+    if "date" not in provenance:
+        now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        nodes.insert(0, _Node("Generated", now))
+    return nodes
+
+
+def _md_nodes(nodes: Sequence[_Node], depth: int = 0) -> list[str]:
+    lines = []
+    for node in nodes:
+        text = f" {node.text}" if node.text else ""
+        lines.append(f"{'  ' * depth}- **{node.label}:**{text}")
+        lines += _md_nodes(node.children, depth + 1)
+    return lines
+
+
+def _html_nodes(nodes: Sequence[_Node]) -> str:
+    items = []
+    for node in nodes:
+        text = f" {html.escape(node.text)}" if node.text else ""
+        inner = _html_nodes(node.children) if node.children else ""
+        items.append(f"<li><strong>{html.escape(node.label)}:</strong>{text}{inner}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def _random_init_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    models = sorted({str(r["model"]) for r in rows if is_random_init(r.get("weights"))})
+    if not models:
+        return None
+    return (
+        f"rows with random init weights ({', '.join(models)}) use randomly initialised networks; "
+        "these are not pretrained results."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+_PROTOCOL_COLORS = {"linear": "tab:blue", "mlp": "tab:orange", "finetune": "tab:green"}
+_EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+
+def _protocol_color(protocol: str, protocols: Sequence[str]) -> str:
+    if protocol in _PROTOCOL_COLORS:
+        return _PROTOCOL_COLORS[protocol]
+    others = [p for p in protocols if p not in _PROTOCOL_COLORS]
+    return _EXTRA_COLORS[others.index(protocol) % len(_EXTRA_COLORS)]
+
+
+def _new_figure(cfg: ReportConfig) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=cfg.figsize, dpi=cfg.dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def _point_label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """``model [protocol]``, with the weights where the model has results with other weights too."""
+    weights = _row_key(row)[1]
+    others = {_row_key(r)[1] for r in rows if r.get("model") == row.get("model")}
+    shown = f", {weights}" if is_random_init(row.get("weights")) or len(others) > 1 else ""
+    reported = " (reported)" if _is_reported(row) else ""
+    return f"{row['model']} [{row['protocol']}{shown}]{reported}"
+
+
+def _tradeoff_plot(
+    rows: Sequence[Mapping[str, Any]], x_key: str, x_label: str, title: str, y_label: str, cfg: ReportConfig
+) -> bytes | None:
+    points = [r for r in rows if _is_number(r.get(x_key)) and float(r[x_key]) > 0 and _is_number(r.get("mean"))]
+    if not points:
+        return None
+    from matplotlib.lines import Line2D
+
+    protocols = list(dict.fromkeys(str(r["protocol"]) for r in rows))
+    fig = _new_figure(cfg)
+    ax = fig.add_subplot()
+    for row in points:
+        x, y = float(row[x_key]), 100.0 * float(row["mean"])
+        yerr = 100.0 * float(row["std"]) if _is_number(row.get("std")) else None
+        reported = _is_reported(row)
+        color = _protocol_color(str(row["protocol"]), protocols)
+        ax.errorbar(
+            x, y, yerr=yerr, fmt="*" if reported else "o", markersize=12 if reported else 7, color=color,
+            markerfacecolor="white" if is_random_init(row.get("weights")) else color, capsize=3, linestyle="none",
+        )
+        ax.annotate(_point_label(row, rows), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    xs = [float(r[x_key]) for r in points]
+    if max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    handles = [Line2D([], [], color=_protocol_color(p, protocols), marker="o", linestyle="none", label=p)
+               for p in dict.fromkeys(str(r["protocol"]) for r in points)]
+    handles.append(Line2D([], [], color="gray", marker="o", linestyle="none", label="measured"))
+    if any(_is_reported(r) for r in points):
+        handles.append(Line2D([], [], color="gray", marker="*", markersize=12, linestyle="none", label="reported"))
+    if any(is_random_init(r.get("weights")) for r in points):
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="none",
+                              label="random init"))
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: ReportConfig) -> bytes | None:
+    bars = [r for r in rows if _is_number(r.get("mean"))]
+    if not bars:
+        return None
+    protocols = list(dict.fromkeys(str(r["protocol"]) for r in rows))
+    fig = _new_figure(cfg)
+    ax = fig.add_subplot()
+    for i, row in enumerate(bars):
+        reported = _is_reported(row)
+        ax.bar(
+            i, 100.0 * float(row["mean"]),
+            yerr=100.0 * float(row["std"]) if _is_number(row.get("std")) else None,
+            color=_protocol_color(str(row["protocol"]), protocols), alpha=0.55 if reported else 0.9,
+            hatch="//" if reported else ("xx" if is_random_init(row.get("weights")) else None),
+            edgecolor="black", linewidth=0.5, capsize=3,
+        )
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([_point_label(r, rows) for r in bars], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[str, str, bytes]]:
+    """``(file name, caption, png)`` for every task and metric."""
+    out = []
+    for task, metric in _columns(rows):
+        sub = [r for r in rows if str(r["task"]) == task and str(r["metric"]) == metric]
+        name = _task_label(task)
+        y_label = f"{name} {_metric_name(metric)} (%)"
+        stem = _slug(f"{task}_{metric}")
+        specs = [
+            (f"{stem}_vs_gmacs.png", f"{name}: score vs GMACs",
+             lambda s=sub: _tradeoff_plot(s, "gmacs", "GMACs", f"{name}: score vs compute", y_label, cfg)),
+            (f"{stem}_vs_params.png", f"{name}: score vs parameters",
+             lambda s=sub: _tradeoff_plot(s, "params_m", "parameters (M)", f"{name}: score vs size", y_label, cfg)),
+            (f"{stem}_bars.png", f"{name}: mean ± std",
+             lambda s=sub: _bar_plot(s, f"{name}: mean ± std over seeds/folds", y_label, cfg)),
+        ]
+        for file_name, caption, make in specs:
+            png = make()
+            if png is not None:
+                out.append((file_name, caption, png))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *extra])
+    for row in rows:
+        values = []
+        for key in (*CSV_COLUMNS, *extra):
+            value = row.get(key)
+            if key == "weights" and is_random_init(value):
+                value = RANDOM_INIT
+            if value is None:
+                values.append("")
+            elif isinstance(value, (Mapping, list, tuple)):
+                values.append(json.dumps(value, default=str))
+            else:
+                values.append(value)
+        writer.writerow(values)
+    return buf.getvalue()
+
+
+def _markdown_report(
+    rows: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any], plots: Sequence[tuple[str, str, bytes]],
+    cfg: ReportConfig,
+) -> str:
+    lines = [f"# {cfg.title}", ""]
+    warning = _random_init_warning(rows)
+    if warning:
+        lines += [f"> **Warning:** {warning.replace(RANDOM_INIT, f'**{RANDOM_INIT}**', 1)}", ""]
+    lines += ["## Provenance", "", *_md_nodes(_provenance_tree(provenance, cfg.max_list_items)), ""]
+    lines += ["## Leaderboard", "", render_leaderboard(rows, cfg.decimals).rstrip("\n"), ""]
+    header, numeric, body = _details_table(rows, cfg.decimals)
+    lines += ["## All results", "", *_md_table(header, numeric, body), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{caption}](plots/{name})" for name, caption, _ in plots]
+        lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 72em;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f3f3f3; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #fafafa; }
+.warning { background: #fff4e5; border-left: 4px solid #e69500; padding: 0.6em 1em; margin: 1em 0; }
+.footnotes { font-size: 0.85em; color: #444; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def _html_table(header: Sequence[str], numeric: Sequence[bool], rows: Sequence[Sequence[_Cell]]) -> str:
+    def th(text: str, num: bool) -> str:
+        return f'<th class="num">{html.escape(text)}</th>' if num else f"<th>{html.escape(text)}</th>"
+
+    def td(cell: _Cell) -> str:
+        text = html.escape(cell.text)
+        if cell.bold:
+            text = f"<strong>{text}</strong>"
+        if cell.footnote is not None:
+            text += f'<sup><a href="#fn-{cell.footnote}">{cell.footnote}</a></sup>'
+        return f'<td class="num">{text}</td>' if cell.numeric else f"<td>{text}</td>"
+
+    head = "<tr>" + "".join(th(h, n) for h, n in zip(header, numeric)) + "</tr>"
+    body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows)
+    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _html_report(
+    rows: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any], plots: Sequence[tuple[str, str, bytes]],
+    cfg: ReportConfig,
+) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(cfg.title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(cfg.title)}</h1>",
+    ]
+    warning = _random_init_warning(rows)
+    if warning:
+        text = html.escape(warning).replace(RANDOM_INIT, f"<strong>{RANDOM_INIT}</strong>", 1)
+        parts.append(f'<p class="warning"><strong>Warning:</strong> {text}</p>')
+    parts += ["<h2>Provenance</h2>", _html_nodes(_provenance_tree(provenance, cfg.max_list_items))]
+    table = _leaderboard_table(rows, cfg.decimals)
+    parts += ["<h2>Leaderboard</h2>", _html_table(table.header, table.numeric, table.rows)]
+    if table.footnotes:
+        notes = "".join(f'<li id="fn-{i}">{html.escape(n)}</li>' for i, n in enumerate(table.footnotes, start=1))
+        parts.append(f'<ol class="footnotes">{notes}</ol>')
+    parts += ["<h2>All results</h2>", _html_table(*_details_table(rows, cfg.decimals))]
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for name, caption, png in plots:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)} ({html.escape(name)})</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_reports(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    provenance: Mapping[str, Any],
+    cfg: ReportConfig | None = None,
+) -> dict[str, Path]:
+    """Write the leaderboard as Markdown, CSV, self-contained HTML and PNG plots.
+
+    The Markdown and HTML reports start with a provenance list rendering every key of ``provenance`` (e.g. date,
+    git commit, versions, device, weights and their sha256, dataset paths and clip counts, skipped files, seeds,
+    wall time; nested dicts and lists become nested lists, long lists are cut to ``cfg.max_list_items``), preceded
+    by a warning when any row uses random-init weights.
+
+    Args:
+        rows: result rows (see the module docstring).
+        out_dir: output directory (created if needed); plots go to ``out_dir/plots``.
+        provenance: run metadata to show at the top of the reports.
+        cfg: rendering settings (default: ``REPORT_PRESETS["default"]``).
+
+    Returns:
+        Written files by relative name (``"leaderboard.md"``, ..., ``"plots/esc50-accuracy_bars.png"``).
+    """
+    cfg = cfg or REPORT_PRESETS["default"]
+    _check_rows(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    plots = _plots(rows, cfg)
+    for name, _, png in plots:
+        rel = f"plots/{name}"
+        _atomic_write(out / rel, png)
+        written[rel] = out / rel
+
+    documents = {
+        "leaderboard.md": _markdown_report(rows, provenance, plots, cfg),
+        "leaderboard.csv": _csv_text(rows),
+        "leaderboard.html": _html_report(rows, provenance, plots, cfg),
+    }
+    for name, text in documents.items():
+        _atomic_write(out / name, text.encode("utf-8"))
+        written[name] = out / name
+    logger.info("wrote %d report files to %s", len(written), out)
+    return written

@@ -1,0 +1,129 @@
+"""Embedding cache (resume, invalidation, skipped files) and the suite end to end on miniatures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hear_dymn.bench.embeddings import EmbeddingCache, LogMelBaseline, shard_plan
+from hear_dymn.bench.suite import build_embedder, run_suite, suite_config
+from hear_dymn.bench.tasks import get_task
+from hear_dymn.bench.tasks.synthetic import write_miniature
+
+
+@pytest.fixture(scope="module")
+def esc50_root(tmp_path_factory) -> Path:
+    return write_miniature("esc50", tmp_path_factory.mktemp("data") / "esc50", seed=0, corrupt=True)
+
+
+class CountingEmbedder(LogMelBaseline):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __call__(self, audio):
+        self.calls += audio.shape[0]
+        return super().__call__(audio)
+
+
+def test_cache_resumes_and_recomputes_only_missing_shards(esc50_root, tmp_path) -> None:
+    task = get_task("esc50", esc50_root)
+    cache = EmbeddingCache(tmp_path, shard_size=4)
+    first = CountingEmbedder()
+    full = cache.get(first, task, "fold1")
+    assert first.calls == len(full.clip_ids) and full.computed_shards == 3  # 10 clips, shards of 4
+    # a rerun computes nothing
+    again = CountingEmbedder()
+    cached = cache.get(again, task, "fold1")
+    assert again.calls == 0 and cached.cached_shards == 3
+    np.testing.assert_array_equal(cached.x, full.x)
+    # a run killed after the first shard: the other shards are missing and only they are recomputed
+    shards = sorted(cache.split_dir(first, task, "fold1").glob("shard-*.npz"))
+    for path in shards[1:]:
+        path.unlink()
+    resumed = CountingEmbedder()
+    result = cache.get(resumed, task, "fold1")
+    assert result.cached_shards == 1 and result.computed_shards == 2
+    assert resumed.calls == len(full.clip_ids) - 4 + sum(1 for c in shard_plan(task.clips("fold1"), 4)[0]
+                                                        if c.clip_id in full.skipped)
+    np.testing.assert_array_equal(result.x, full.x)
+    assert not list(cache.split_dir(first, task, "fold1").glob("*.tmp"))
+
+
+def test_damaged_shard_is_recomputed(esc50_root, tmp_path) -> None:
+    task = get_task("esc50", esc50_root)
+    cache = EmbeddingCache(tmp_path, shard_size=4)
+    embedder = CountingEmbedder()
+    reference = cache.get(embedder, task, "fold2").x
+    shard = sorted(cache.split_dir(embedder, task, "fold2").glob("shard-*.npz"))[0]
+    shard.write_bytes(b"truncated")
+    np.testing.assert_array_equal(cache.get(CountingEmbedder(), task, "fold2").x, reference)
+
+
+def test_corrupt_audio_is_skipped_and_named(esc50_root, tmp_path) -> None:
+    task = get_task("esc50", esc50_root)
+    marker = json.loads((esc50_root / ".miniature.json").read_text())
+    cache = EmbeddingCache(tmp_path)
+    skipped = {}
+    for split in task.spec.splits:
+        skipped.update(cache.get(LogMelBaseline(), task, split).skipped)
+    assert len(skipped) == 1
+    (clip_id, reason), = skipped.items()
+    assert clip_id in json.dumps(marker) and "cannot read audio file" in reason
+
+
+def test_unknown_model_spec_is_explained() -> None:
+    with pytest.raises(ValueError, match="neither 'logmel', an architecture"):
+        build_embedder("dymn99", allow_random_init=True)
+
+
+def test_explicit_weights_never_fall_back_to_random(monkeypatch, tmp_path) -> None:
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, progress=True):
+        import urllib.error
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(Exception, match="Could not download"):
+        build_embedder("dymn04_as", allow_random_init=True)
+    embedder = build_embedder("dymn04", allow_random_init=True)
+    assert embedder.weights_label == "random init"
+    with pytest.raises(Exception, match="Could not download"):
+        build_embedder("dymn04", allow_random_init=False)
+
+
+def test_quick_suite_end_to_end(tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def offline(url, dst, progress=True):
+        import urllib.error
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    cfg = suite_config("quick", models=("dymn04", "logmel"), tasks=("esc50", "openmic"), protocols=("linear",),
+                       seeds=(0,), out_dir=str(tmp_path / "reports"), cache_dir=str(tmp_path / "cache"))
+    result = run_suite(cfg, progress=False)
+    out = tmp_path / "reports"
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html"):
+        assert (out / name).exists()
+    text = (out / "leaderboard.md").read_text()
+    assert "**random init**" in text and "reported" in text
+    measured = [r for r in result["rows"] if r["source"] == "measured"]
+    assert len(measured) == 4
+    # the reported metric is recomputable from the saved predictions
+    from hear_dymn.bench.metrics import METRICS
+
+    row = next(r for r in measured if r["model"] == "dymn04" and r["task"] == "openmic")
+    with np.load(out / "results" / "dymn04" / "linear" / "openmic" / "test_seed0.npz") as pred:
+        value = METRICS["masked_map"](pred["targets"], pred["scores"], pred["mask"])
+        assert set(pred.files) == {"clip_ids", "targets", "scores", "mask"}
+    assert value == pytest.approx(row["mean"])
+    saved = json.loads((out / "results" / "dymn04" / "linear" / "openmic.json").read_text())
+    assert saved["mean"] == pytest.approx(row["mean"]) and saved["weights"] == "random init"
