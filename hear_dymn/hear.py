@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal

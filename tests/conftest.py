@@ -39,3 +39,15 @@ def hear_model(dymn04_checkpoint):
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty torch hub cache and no network: released weights are unavailable."""
+    import urllib.error
+
+    def no_network(url, dst, progress=True):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)

@@ -145,14 +145,7 @@ def test_architecture_read_from_file_or_given(tmp_path) -> None:
         load_model(str(path), model_name="dymn04")
 
 
-def test_empty_path_uses_default_weights_or_fails_clearly(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(url, dst, progress=True):
-        import urllib.error
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_empty_path_uses_default_weights_or_fails_clearly(offline) -> None:
     with pytest.raises(Exception, match=r"(?s)dymn10_as.*checkpoint_path"):
         load_model("")
 

@@ -79,16 +79,7 @@ def test_unknown_model_spec_is_explained() -> None:
         build_embedder("dymn99", allow_random_init=True)
 
 
-def test_explicit_weights_never_fall_back_to_random(monkeypatch, tmp_path) -> None:
-    import torch
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(url, dst, progress=True):
-        import urllib.error
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_explicit_weights_never_fall_back_to_random(offline) -> None:
     with pytest.raises(Exception, match="Could not download"):
         build_embedder("dymn04_as", allow_random_init=True)
     embedder = build_embedder("dymn04", allow_random_init=True)
@@ -97,16 +88,7 @@ def test_explicit_weights_never_fall_back_to_random(monkeypatch, tmp_path) -> No
         build_embedder("dymn04", allow_random_init=False)
 
 
-def test_quick_suite_end_to_end(tmp_path, monkeypatch) -> None:
-    import torch
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-
-    def offline(url, dst, progress=True):
-        import urllib.error
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_quick_suite_end_to_end(tmp_path, offline) -> None:
     cfg = suite_config("quick", models=("dymn04", "logmel"), tasks=("esc50", "openmic"), protocols=("linear",),
                        seeds=(0,), out_dir=str(tmp_path / "reports"), cache_dir=str(tmp_path / "cache"))
     result = run_suite(cfg, progress=False)

@@ -36,12 +36,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_bytes
 from .metrics import METRICS
 
 logger = logging.getLogger(__name__)
@@ -542,23 +542,6 @@ def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[s
 # Writers
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
     buf = io.StringIO()
@@ -696,7 +679,7 @@ def write_reports(
     plots = _plots(rows, cfg)
     for name, _, png in plots:
         rel = f"plots/{name}"
-        _atomic_write(out / rel, png)
+        atomic_write_bytes(out / rel, png)
         written[rel] = out / rel
 
     documents = {
@@ -705,7 +688,7 @@ def write_reports(
         "leaderboard.html": _html_report(rows, provenance, plots, cfg),
     }
     for name, text in documents.items():
-        _atomic_write(out / name, text.encode("utf-8"))
+        atomic_write_bytes(out / name, text.encode("utf-8"))
         written[name] = out / name
     logger.info("wrote %d report files to %s", len(written), out)
     return written

@@ -15,7 +15,7 @@ import logging
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from ..hear import HearModel, EmbeddingConfig
 from ..models import CheckpointError, PRETRAINED, create_model, list_models
 from ..models.random_weights import random_state_dict
 from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
-from .embeddings import EmbeddingCache, HearEmbedder, LogMelBaseline, atomic_savez, atomic_write_text
+from .atomic import atomic_savez, atomic_write_text
+from .embeddings import EmbeddingCache, HearEmbedder, LogMelBaseline
 from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
 from .tasks import Task, get_task
 
