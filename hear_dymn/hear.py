@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
