@@ -15,6 +15,12 @@ Audio is processed in windows of ``window_seconds`` (default 10 s, the AudioSet 
 context on both sides and memory is bounded by one batch of windows plus the output, whatever the clip length.
 A clip no longer than one window is processed in a single pass. One network pass serves all timestamps of a
 window: no forward per timestamp.
+
+Fast path (``fast=True``, the default): the network runs as an eval-only fused copy
+(:func:`hear_dymn.models.fast.fuse_for_inference`: BatchNorm folded, in-place DyReLU and attention, small chunks of
+the batch on CPU) and the log-mel through :class:`hear_dymn.fast_frontend.FastMelFrontend`
+(bit-identical). Outputs match ``fast=False`` to float32 rounding (about 1e-6 relative on the reference fixtures);
+``reports/performance.md`` has the measured speed.
 """
 from __future__ import annotations
 
@@ -29,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast_frontend import FastMelFrontend
 from .frontend import MelConfig, MelFrontend
 from .models import AudioMobileNet, NUM_FEATURE_MAPS, create_model, list_models
+from .models.fast import fuse_for_inference
 from .models.weights import PRETRAINED, get_pretrained_cfg, infer_architecture, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -50,6 +58,7 @@ class EmbeddingConfig:
     max_batch_windows: int = 8  # windows per network call: bounds memory for long audio
     min_seconds: float = 0.032  # shorter clips are zero-padded to this length
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast applies on CUDA only
+    fast: bool = True  # fused inference copy of the network + fast log-mel; False = the eager modules
 
     def __post_init__(self) -> None:
         layers = tuple(int(i) % NUM_FEATURE_MAPS if -NUM_FEATURE_MAPS <= int(i) < NUM_FEATURE_MAPS else int(i)
@@ -70,6 +79,8 @@ class EmbeddingConfig:
             raise ValueError("max_batch_windows must be >= 1")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.fast, bool):
+            raise TypeError(f"fast must be true or false, got {self.fast!r}")
 
 
 class HearModel(nn.Module):
@@ -79,8 +90,10 @@ class HearModel(nn.Module):
                  mel: MelConfig | None = None) -> None:
         super().__init__()
         self.network = network.eval()
-        self.frontend = MelFrontend(mel)
         self.cfg = cfg or EmbeddingConfig()
+        # The eager network stays the source of truth (weights, parameter counts); the fused copy only runs it.
+        self.fused = fuse_for_inference(network) if self.cfg.fast else None
+        self.frontend = FastMelFrontend(mel) if self.cfg.fast else MelFrontend(mel)
         self.sample_rate: int = self.frontend.cfg.sample_rate
         info = network.feature_info
         size = sum(info[i]["num_chs"] for i in self.cfg.layers) + (self.frontend.cfg.n_mels if self.cfg.mel_means else 0)
@@ -133,9 +146,10 @@ class HearModel(nn.Module):
             One ``(features (batch, channels, frames), frame_step_in_mel_frames)`` per embedding part, in
             embedding order (layers, then log-mel).
         """
+        network = self.network if self.fused is None else self.fused
         with self._autocast():
             mel = self.frontend(audio)
-            maps = self.network.forward_intermediates(mel, self.cfg.layers)
+            maps = network.forward_intermediates(mel, self.cfg.layers)
         parts = [(fmap.float().mean(dim=2), self.network.feature_info[i]["reduction"])
                  for fmap, i in zip(maps, self.cfg.layers)]
         if self.cfg.mel_means:
@@ -164,7 +178,9 @@ class HearModel(nn.Module):
         if timestamps_ms is not None:
             stamps = torch.zeros(n_sounds, len(timestamps_ms), dim, dtype=torch.float32, device=device)
             stamp_samples = timestamps_ms.double() * self.sample_rate / 1000.0
-            owner = (stamp_samples[:, None] - centres[None, :]).abs().argmin(dim=1)
+            # Nearest window centre (ties to the earlier window), without a (timestamps x windows) matrix: 1 h of
+            # audio has 72k timestamps and 480 windows.
+            owner = torch.searchsorted((centres[:-1] + centres[1:]) / 2, stamp_samples)
         # Each sample of the clip belongs to the window with the nearest centre: weights for the scene average.
         bounds = [0.0] + [(a + b) / 2 for a, b in zip(centres[:-1].tolist(), centres[1:].tolist())] + [float(n_samples)]
         hop_samples = self.frontend.cfg.hop_length
@@ -228,7 +244,8 @@ def load_model(model_file_path: str = "", **options: Any) -> HearModel:
             torch hub cache, downloaded if needed (a clear error when offline and not cached).
         **options: ``model_name`` (architecture such as ``"dymn04"`` or weights name such as ``"dymn04_as"``) and
             any :class:`EmbeddingConfig` field: ``layers``, ``mel_means``, ``timestamp_hop_ms``,
-            ``window_seconds``, ``window_hop_seconds``, ``max_batch_windows``, ``min_seconds``, ``precision``.
+            ``window_seconds``, ``window_hop_seconds``, ``max_batch_windows``, ``min_seconds``, ``precision``,
+            ``fast``.
     """
     model_name = options.pop("model_name", None)
     known = {f.name for f in fields(EmbeddingConfig)}
@@ -282,7 +299,8 @@ def _check_audio(audio: Tensor, model: HearModel) -> Tensor:
         raise TypeError(f"audio must be float32 at {model.sample_rate} Hz, got {audio.dtype}: {hint}")
     if audio.shape[0] == 0 or audio.shape[1] == 0:
         raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
-    if not torch.isfinite(audio).all():
+    # In blocks: isfinite's temporaries are larger than its input (0.8 GB for an hour of audio).
+    if not all(bool(torch.isfinite(block).all()) for block in audio.split(1 << 20, dim=1)):
         raise ValueError("audio contains NaN or infinite values")
     return audio
 
