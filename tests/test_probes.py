@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hear_dymn.bench import probes
 from hear_dymn.bench.probes import (
     LINEAR_PRESETS,
     MLP_PRESETS,
@@ -16,6 +17,7 @@ from hear_dymn.bench.probes import (
     ProbeData,
     build_mlp,
     fit_linear_probe,
+    fit_mlp_folds,
     fit_mlp_probe,
     fold_splits,
     holdout_split,
@@ -232,3 +234,91 @@ def test_probe_data_validation():
         fit_linear_probe(train, valid, test, multilabel=False, metric="nope", cfg=LINEAR_PRESETS["fast"])
     with pytest.raises(ValueError):
         fit_mlp_probe(train, valid, test, multilabel=True, metric="map", cfg=MLPProbeConfig())
+
+
+# ------------------------------------------------------------------------------------------------ MLP: stacked grid
+
+
+def test_heareval_grid_draw_matches_its_predictor():
+    # The 8 grid points hear-eval-kit 2021.1.3's predictor trains, in its order (from its log on a real run).
+    expected = [(1, "xavier_normal", 1e-4), (2, "xavier_uniform", 1e-3), (1, "xavier_normal", 1e-3),
+                (1, "xavier_normal", 3.2e-4), (2, "xavier_normal", 3.2e-4), (2, "xavier_uniform", 3.2e-4),
+                (2, "xavier_normal", 3.2e-3), (2, "xavier_uniform", 3.2e-3)]
+    cfg = replace(MLP_PRESETS["hear"], grid_draw="heareval")
+    for seed in (0, 7):
+        drawn = [(p["hidden_layers"], p["initialization"], p["lr"]) for _, p in cfg.draw(seed)]
+        assert drawn == expected
+    assert cfg.draw(0) != MLP_PRESETS["hear"].draw(0)
+    with pytest.raises(ValueError, match="grid_draw"):
+        replace(cfg, grid_draw="nope").draw(0)
+
+
+@pytest.mark.parametrize("hidden_norm, after", [("batchnorm", False), ("batchnorm", True), ("layernorm", False),
+                                                ("none", False)])
+def test_stacked_forward_matches_build_mlp(hidden_norm: str, after: bool):
+    cfg = replace(QUICK, hidden_norm=hidden_norm, norm_after_activation=after)
+    members = [(3, {"hidden_layers": 2, "hidden_dim": 16, "dropout": 0.0, "initialization": "xavier_normal"}),
+               (5, {"hidden_layers": 2, "hidden_dim": 16, "dropout": 0.0, "initialization": "xavier_uniform"})]
+    params = probes._init_params(members, 10, 4, cfg, seed=2, device=torch.device("cpu"))
+    x = torch.randn(12, 10)
+    nets = []
+    for index, point in members:
+        torch.manual_seed(probes._config_seed(2, index))
+        nets.append(build_mlp(10, 4, point, cfg))
+    # Training mode (batch statistics, running-statistics update), then eval mode, model by model.
+    stacked = probes._forward(params, x, cfg, None, train=True)
+    for g, net in enumerate(nets):
+        torch.testing.assert_close(stacked[g].t(), net.train()(x), rtol=1e-5, atol=1e-5)
+    stacked = probes._eval_logits(params, x, cfg)
+    for g, net in enumerate(nets):
+        torch.testing.assert_close(stacked[g].t(), net.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, hidden_norm, tol", [("multiclass", "batchnorm", 1e-4),
+                                                     ("masked multilabel", "batchnorm", 5e-3),
+                                                     ("masked multilabel", "none", 1e-6)])
+def test_stacked_grid_equals_one_point_at_a_time(kind: str, hidden_norm: str, tol: float):
+    cfg = replace(QUICK, hidden_layers=(1, 2), hidden_dim=(32,), lr=(3.2e-3, 1e-3), max_epochs=8, patience=2,
+                  check_val_every_n_epoch=2, batch_size=64, initialization=("xavier_uniform", "xavier_normal"),
+                  hidden_norm=hidden_norm)
+    if kind == "multiclass":
+        splits, kwargs = _multiclass(150, label_noise=0.2), {"multilabel": False, "metric": "accuracy"}
+    else:
+        splits, kwargs = _multilabel(150, masked=True), {"multilabel": True, "metric": "masked_map"}
+    stacked = fit_mlp_probe(*splits, cfg=replace(cfg, stack_size=None), seed=4, **kwargs)
+    single = fit_mlp_probe(*splits, cfg=replace(cfg, stack_size=1), seed=4, **kwargs)
+    paired = fit_mlp_probe(*splits, cfg=replace(cfg, stack_size=2), seed=4, **kwargs)
+    assert len({h["config"] for h in stacked.history}) == 8
+    # Without a norm a model computes the same numbers in any stack. BatchNorm's statistics over G * width channels
+    # round slightly differently from those over width channels, and Adam turns last-bit differences in near-zero
+    # gradients into lr-sized steps (the masked loss has many), hence the looser tolerance there. Cross-talk
+    # between stacked models (a shared statistic, a mixed-up gradient or optimizer state) would give differences
+    # of the order of the scores themselves.
+    for other in (single, paired):
+        assert other.selected == stacked.selected
+        np.testing.assert_allclose(other.scores, stacked.scores, rtol=tol, atol=tol)
+        checks = [(h["config"], h["epoch"]) for h in stacked.history]
+        assert [(h["config"], h["epoch"]) for h in other.history] == checks
+        for a, b in zip(other.history, stacked.history):
+            assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=tol, abs=tol)
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=tol, abs=tol)
+
+
+def test_fit_mlp_folds_selects_on_the_first_round_only():
+    train, valid, test = _multiclass(60, label_noise=0.1)
+    a, b, c = train, valid, test
+    rounds = [(ProbeData(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y])), c, a),
+              (ProbeData(np.concatenate([b.x, c.x]), np.concatenate([b.y, c.y])), a, b),
+              (ProbeData(np.concatenate([c.x, a.x]), np.concatenate([c.y, a.y])), b, c)]
+    cfg = replace(QUICK, lr=(3.2e-3, 1e-4), max_epochs=6)
+    results = fit_mlp_folds(rounds, multilabel=False, metric="accuracy", cfg=cfg, seed=1)
+    assert len(results) == 3
+    assert len({h["config"] for h in results[0].history}) == 2
+    for r in results[1:]:
+        assert len({h["config"] for h in r.history}) == 1
+        assert {k: r.selected[k] for k in ("lr", "hidden_layers", "grid_index")} == \
+            {k: results[0].selected[k] for k in ("lr", "hidden_layers", "grid_index")}
+    first = fit_mlp_probe(*rounds[0], multilabel=False, metric="accuracy", cfg=cfg, seed=1)
+    np.testing.assert_array_equal(first.scores, results[0].scores)
+    with pytest.raises(ValueError, match="no rounds"):
+        fit_mlp_folds([], multilabel=False, metric="accuracy", cfg=cfg)

@@ -400,3 +400,37 @@ def test_cli(tmp_path: Path) -> None:
     assert main([str(tmp_path), "--kind", "hear", "--seed", "2"]) == 0
     assert get_task("hear:mini_scene", tmp_path / "hear").spec.num_classes == 5
     assert not (tmp_path / "esc50").exists() and os.listdir(tmp_path) == ["hear"]
+
+
+def test_hear_kfold_miniature_has_hear_eval_kit_layout(minis: dict[str, Path]) -> None:
+    root = minis["hear_kfold"]
+    meta = json.loads((root / "task_metadata.json").read_text())
+    folds = [f"fold{i:02d}" for i in range(5)]
+    # The keys hear-eval-kit's runners read: splits, split_mode (a k-fold mode it knows), sample_duration.
+    assert meta["splits"] == folds and meta["nfolds"] == 5 and meta["split_mode"] == "new_split_kfold"
+    assert meta["sample_duration"] == 2.0 and meta["evaluation"] == ["top1_acc"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["32000"]
+    task = get_task("hear:mini_scene_kfold", root)
+    spec = task.spec
+    assert (spec.protocol, spec.splits, spec.num_classes, task.audio_sample_rate) == ("folds", tuple(folds), 5, 32000)
+    for fold in folds:
+        clips = task.clips(fold)
+        assert len(clips) == 30
+        assert np.bincount([int(c.target) for c in clips]).tolist() == [6] * 5
+        names = json.loads((root / f"{fold}.json").read_text())
+        assert all((root / "32000" / fold / name).is_file() for name in names)
+    info = sf.info(str(task.clips("fold03")[0].path))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 1, 64000)
+
+
+def test_hear_kfold_corrupt_and_determinism(tmp_path: Path) -> None:
+    a = write_miniature("hear_kfold", tmp_path / "a", clips_per_class=5, num_classes=3)
+    b = write_miniature("hear_kfold", tmp_path / "b", clips_per_class=5, num_classes=3)
+    assert _tree_digest(a) == _tree_digest(b)
+    bad = write_miniature("hear_kfold", tmp_path / "bad", clips_per_class=5, num_classes=3, corrupt=True)
+    corrupt = json.loads((bad / MARKER_NAME).read_text())["corrupt_files"]
+    assert len(corrupt) == 1 and corrupt[0].startswith("32000/fold00/")
+    with pytest.raises(AudioReadError):
+        read_audio(bad / corrupt[0], 32000)
+    with pytest.raises(ValueError, match="clips_per_class"):
+        write_miniature("hear_kfold", tmp_path / "few", clips_per_class=4)

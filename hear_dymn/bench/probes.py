@@ -46,25 +46,40 @@ hearbenchmark/hear-eval-kit @ 8559649 (v2021.1.3), ``heareval/predictions/task_p
   ``ModelCheckpoint`` keeps the best-scoring checkpoint and the test predictions come from it.
 * Upstream's training loader is meant to shuffle in-memory training data (L847), but the check compares a list of
   split names with ``"train"`` and so never shuffles; shuffling is ``MLPProbeConfig.shuffle`` here (default on).
+* ``MLPProbeConfig.grid_draw="heareval"`` reproduces upstream's draw of grid points (its ``ParameterGrid`` order
+  shuffled by Python's ``random`` seeded 42), so the same points are trained as by its predictor;
+  :func:`fit_mlp_folds` reproduces its multi-split flow (grid search on the first split, the chosen point
+  retrained on the others).
 
 The implementation keeps all tensors in memory and slices mini-batches from a per-epoch permutation of the
 training tensor (no Lightning, no ``DataLoader``, no per-sample collation); a trailing mini-batch of one sample is
-skipped when the network has BatchNorm layers. On CPU the time per grid point is dominated by the matrix
-products of the first layer, so removing the framework overhead gains a constant factor rather than an order of
-magnitude; ``MLPProbeConfig.device`` can move the training to a GPU. Each configuration is seeded with
-``torch.manual_seed`` from the probe seed and its index in the full grid, and mini-batch order comes from a seeded
-``torch.Generator``, so results are reproducible given ``seed`` (on the same device and thread count).
+skipped when the network has BatchNorm layers. Networks are held with a leading model axis: with
+``MLPProbeConfig.stack_size`` above 1, grid points of one network shape (hidden layers, width) train side by side
+as one stacked model (each layer one batched matrix product, BatchNorm one call, Adam one fused call per learning
+rate; a grid point that stops early leaves the stack). On CPU this measured no faster than one grid point at a
+time (the default), since the work is the same matrix products; it saves per-step overhead where that dominates.
+Each grid point is initialised exactly as :func:`build_mlp` under
+``torch.manual_seed`` of a seed derived from the probe seed and its index in the full grid, draws its dropout
+masks from its own generator, and sees the mini-batch order of a generator seeded by the probe seed alone, so its
+training does not depend on which other points share its stack (equal up to float rounding, which BatchNorm
+statistics over more channels and Adam's sensitivity to near-zero gradients can grow to ~1e-3 in the scores;
+tested). Results are reproducible given ``seed`` on the same device and thread count. On CPU the time per epoch is
+dominated by the matrix products and the Adam update of the 1024-wide layers, which both implementations must do,
+so this one is about 1.5-4x faster than hear-eval-kit's predictor for the same work (``reports/probe_speed.md``),
+not an order of magnitude; ``MLPProbeConfig.device`` can move the training to a GPU.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -73,6 +88,7 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
+from torch.optim.adam import adam as adam_update
 
 from .metrics import Metric, get_metric
 
@@ -511,7 +527,13 @@ class MLPProbeConfig:
         max_epochs: epoch limit.
         check_val_every_n_epoch: validate after every this many epochs.
         batch_size: training mini-batch size.
-        grid_points: train this many grid points drawn (seeded) from the grid; ``None`` = all, in grid order.
+        grid_points: train this many grid points drawn from the grid; ``None`` = all, in grid order.
+        grid_draw: how the ``grid_points`` are drawn: ``"seeded"`` (a permutation seeded by the probe seed) or
+            ``"heareval"`` (hear-eval-kit's draw: its grid order, Python's ``random`` seeded 42, whatever the
+            probe seed, so the same points as its predictor for the default grid).
+        stack_size: grid points of one network shape trained side by side as one stacked model; ``None`` = all
+            of them, 1 = one at a time (default: on CPU, stacking measured no faster, ``reports/probe_speed.md``).
+            Results do not depend on it beyond float rounding.
         standardize: standardise inputs with training-split statistics (hear-eval-kit does not).
         shuffle: reshuffle the training clips every epoch.
         valid_fraction: hold-out share used when no validation split is given.
@@ -531,6 +553,8 @@ class MLPProbeConfig:
     check_val_every_n_epoch: int = 3
     batch_size: int = 1024
     grid_points: int | None = 8
+    grid_draw: Literal["seeded", "heareval"] = "seeded"
+    stack_size: int | None = 1
     standardize: bool = False
     shuffle: bool = True
     valid_fraction: float = 0.2
@@ -543,12 +567,25 @@ class MLPProbeConfig:
         return [dict(zip(_GRID_KEYS, combo)) for combo in itertools.product(*values)]
 
     def draw(self, seed: int) -> list[tuple[int, dict[str, Any]]]:
-        """The grid points to train as ``(index in grid(), point)``: a seeded sample of ``grid_points`` of them."""
+        """The grid points to train as ``(index in grid(), point)``: a sample of ``grid_points`` of them."""
         points = self.grid()
         if self.grid_points is None or self.grid_points >= len(points):
             return list(enumerate(points))
-        order = np.random.default_rng(seed).permutation(len(points))[: self.grid_points]
-        return [(int(i), points[i]) for i in order]
+        if self.grid_draw == "seeded":
+            order = [int(i) for i in np.random.default_rng(seed).permutation(len(points))]
+        elif self.grid_draw == "heareval":
+            # hear-eval-kit lists its grid with sklearn's ParameterGrid (keys sorted by name, the last key varying
+            # fastest) and shuffles that list with Python's random seeded 42 (Lightning's seed_everything).
+            keys = sorted(_GRID_KEYS)
+            listing = sorted(range(len(points)), key=lambda i: [self._position(k, points[i][k]) for k in keys])
+            random.Random(42).shuffle(listing)
+            order = listing
+        else:
+            raise ValueError(f"unknown grid_draw {self.grid_draw!r} (seeded, heareval)")
+        return [(i, points[i]) for i in order[: self.grid_points]]
+
+    def _position(self, key: str, value: Any) -> int:
+        return list(getattr(self, key)).index(value)
 
     def with_selected(self, selected: Mapping[str, Any]) -> MLPProbeConfig:
         """A copy whose grid is the single point ``selected`` (to retrain a chosen model on other folds)."""
@@ -612,23 +649,8 @@ def build_mlp(n_in: int, n_out: int, point: Mapping[str, Any], cfg: MLPProbeConf
     return nn.Sequential(*layers)
 
 
-def _mlp_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, multilabel: bool) -> torch.Tensor:
-    if not multilabel:
-        return F.cross_entropy(logits, y)
-    if mask is None:
-        return F.binary_cross_entropy_with_logits(logits, y)
-    per_entry = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    return (per_entry * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-
-
 def _activate(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
     return probs.float().cpu().numpy()
 
 
@@ -650,31 +672,216 @@ def _tensors(data: ProbeData, scaler: _Standardizer, multilabel: bool, device: t
     return _Tensors(x, y, mask, data)
 
 
+def _config_seed(seed: int, index: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * int(index)) % (2**63 - 1)
+
+
+_BN_EPS, _BN_MOMENTUM, _LN_EPS = 1e-5, 0.1, 1e-5  # nn.BatchNorm1d / nn.LayerNorm defaults
+_ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}  # torch.optim.Adam defaults
+
+
+@dataclass
+class _Params:
+    """The parameters of G MLPs of one shape, stacked on a leading model axis.
+
+    ``weights[l]`` is ``(G, fan_out, fan_in)`` (``nn.Linear.weight`` of each model) and ``biases[l]``
+    ``(G, fan_out)`` for every Linear layer; per hidden layer ``norm_weights``/``norm_biases`` ``(G, width)``
+    (empty without a norm) and, for BatchNorm, ``running_means``/``running_vars`` ``(G, width)``.
+    """
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    norm_weights: list[torch.Tensor]
+    norm_biases: list[torch.Tensor]
+    running_means: list[torch.Tensor]
+    running_vars: list[torch.Tensor]
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases, *self.norm_weights, *self.norm_biases]
+
+    def take(self, rows: Sequence[int], requires_grad: bool) -> _Params:
+        """Detached copies of the models at ``rows``."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.weights[0].device)
+
+        def pick(tensors: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
+            return [t.detach().index_select(0, index).requires_grad_(grad) for t in tensors]
+
+        return _Params(pick(self.weights, requires_grad), pick(self.biases, requires_grad),
+                       pick(self.norm_weights, requires_grad), pick(self.norm_biases, requires_grad),
+                       pick(self.running_means, False), pick(self.running_vars, False))
+
+
+def _init_params(members: Sequence[tuple[int, Mapping[str, Any]]], n_in: int, n_out: int, cfg: MLPProbeConfig,
+                 seed: int, device: torch.device) -> _Params:
+    """Each model initialised exactly as :func:`build_mlp` does under ``torch.manual_seed`` of its own seed."""
+    per_model: list[list[nn.Linear]] = []
+    for index, point in members:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_config_seed(seed, index))
+            net = build_mlp(n_in, n_out, point, cfg)
+        per_model.append([m for m in net if isinstance(m, nn.Linear)])
+    depth = len(per_model[0]) - 1
+    width = per_model[0][0].out_features if depth else 0
+    g = len(members)
+    normed = depth * (cfg.hidden_norm != "none")
+    batchnorm = depth * (cfg.hidden_norm == "batchnorm")
+
+    def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.detach() for t in tensors]).to(device).requires_grad_()
+
+    return _Params(
+        weights=[stacked([m[layer].weight for m in per_model]) for layer in range(depth + 1)],
+        biases=[stacked([m[layer].bias for m in per_model]) for layer in range(depth + 1)],
+        norm_weights=[torch.ones(g, width, device=device, requires_grad=True) for _ in range(normed)],
+        norm_biases=[torch.zeros(g, width, device=device, requires_grad=True) for _ in range(normed)],
+        running_means=[torch.zeros(g, width, device=device) for _ in range(batchnorm)],
+        running_vars=[torch.ones(g, width, device=device) for _ in range(batchnorm)],
+    )
+
+
+def _norm(z: torch.Tensor, params: _Params, layer: int, cfg: MLPProbeConfig, train: bool) -> torch.Tensor:
+    """Per-model norm of ``z`` ``(G, width, batch)``: nn.BatchNorm1d (batch statistics and a running-statistics
+    update in training, running statistics otherwise), nn.LayerNorm, or nothing."""
+    if cfg.hidden_norm == "none":
+        return z
+    g, width, batch = z.shape
+    weight, bias = params.norm_weights[layer], params.norm_biases[layer]
+    if cfg.hidden_norm == "layernorm":
+        z = F.layer_norm(z.transpose(1, 2), (width,), eps=_LN_EPS).transpose(1, 2)
+        return z * weight[:, :, None] + bias[:, :, None]
+    # Feature-major layout: the G * width channels of (1, G * width, batch) are normalised over the batch each.
+    out = F.batch_norm(z.reshape(1, g * width, batch), params.running_means[layer].view(-1),
+                       params.running_vars[layer].view(-1), weight.view(-1), bias.view(-1), training=train,
+                       momentum=_BN_MOMENTUM, eps=_BN_EPS)
+    return out.view(g, width, batch)
+
+
+def _forward(params: _Params, x: torch.Tensor, cfg: MLPProbeConfig, masks: Sequence[torch.Tensor] | None,
+             train: bool) -> torch.Tensor:
+    """Logits ``(G, C, batch)`` of G stacked MLPs on the shared input ``x`` ``(batch, d)``.
+
+    Activations are kept feature-major, ``(G, width, batch)``, so BatchNorm over all models is one call. Every
+    layer is one batched matrix product whose per-model shapes do not depend on G, so a model computes the same
+    numbers whichever models share its stack. ``masks`` are the scaled dropout masks
+    ``(G, width, batch)`` of the hidden layers (training only). The layer order is :func:`build_mlp`'s:
+    Linear -> norm -> dropout -> ReLU (norm last with ``norm_after_activation``).
+    """
+    g = params.weights[0].shape[0]
+    h = x.t().expand(g, -1, -1)
+    for layer in range(len(params.weights) - 1):
+        h = torch.baddbmm(params.biases[layer][:, :, None], params.weights[layer], h)
+        if not cfg.norm_after_activation:
+            h = _norm(h, params, layer, cfg, train)
+        if masks is not None:
+            h = h * masks[layer]
+        h = torch.relu(h)
+        if cfg.norm_after_activation:
+            h = _norm(h, params, layer, cfg, train)
+    return torch.baddbmm(params.biases[-1][:, :, None], params.weights[-1], h)
+
+
+@torch.no_grad()
+def _eval_logits(params: _Params, x: torch.Tensor, cfg: MLPProbeConfig) -> torch.Tensor:
+    """Logits ``(G, C, n)`` in eval mode (running BatchNorm statistics, no dropout)."""
+    chunks = [_forward(params, x[i : i + cfg.eval_batch_size], cfg, None, train=False)
+              for i in range(0, x.shape[0], cfg.eval_batch_size)]
+    return torch.cat(chunks, dim=2)
+
+
+def _stack_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, multilabel: bool) -> torch.Tensor:
+    """Per-model loss ``(G,)`` of logits ``(G, C, batch)``: hear-eval-kit's mean cross-entropy, or mean BCE (over
+    the annotated entries only when masked)."""
+    g = logits.shape[0]
+    if not multilabel:
+        return F.cross_entropy(logits, y.expand(g, -1), reduction="none").mean(dim=1)
+    per_entry = F.binary_cross_entropy_with_logits(logits, y.t().expand(g, -1, -1), reduction="none")
+    if mask is not None:
+        per_entry = per_entry * mask.t()
+    # Classes first, then clips: the same summation order for a model whatever the number of stacked models.
+    total = per_entry.sum(dim=1).sum(dim=1)
+    return total / (mask.sum().clamp_min(1.0) if mask is not None else per_entry[0].numel())
+
+
+class _StackAdam:
+    """torch's Adam (default betas, no weight decay), one update rule per model of a stack: the models of one
+    learning rate are updated by one fused call on views of the stacked tensors (same update as ``torch.optim.Adam``
+    on each model alone; the fused CPU/GPU kernel where available)."""
+
+    def __init__(self, params: _Params, lrs: Sequence[float]) -> None:
+        self.params, self.lrs = params, [float(lr) for lr in lrs]
+        tensors = params.trainable()
+        self.exp_avgs = [torch.zeros_like(t) for t in tensors]
+        self.exp_avg_sqs = [torch.zeros_like(t) for t in tensors]
+        # One step counter per model and tensor, as the fused kernel expects (float32 scalars on the device).
+        self.steps = [[torch.zeros((), dtype=torch.float32, device=t.device) for t in tensors] for _ in self.lrs]
+        self.fused = _fused_adam_supported(tensors[0].device)
+
+    def take(self, params: _Params, rows: Sequence[int]) -> None:
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.exp_avgs[0].device)
+        self.params = params
+        self.exp_avgs = [t.index_select(0, index) for t in self.exp_avgs]
+        self.exp_avg_sqs = [t.index_select(0, index) for t in self.exp_avg_sqs]
+        self.steps = [self.steps[r] for r in rows]
+        self.lrs = [self.lrs[r] for r in rows]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        tensors = self.params.trainable()
+        grads = [t.grad for t in tensors]
+        by_lr: dict[float, list[int]] = {}
+        for row, lr in enumerate(self.lrs):
+            by_lr.setdefault(lr, []).append(row)
+        for lr, rows in by_lr.items():
+            adam_update(
+                [t.detach()[r] for r in rows for t in tensors],
+                [g[r] for r in rows for g in grads],
+                [m[r] for r in rows for m in self.exp_avgs],
+                [v[r] for r in rows for v in self.exp_avg_sqs],
+                [],
+                [s for r in rows for s in self.steps[r]],
+                foreach=False, fused=self.fused or None, amsgrad=False, lr=lr, maximize=False, **_ADAM,
+            )
+        for t in tensors:
+            t.grad = None
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_adam_supported(device: torch.device) -> bool:
+    """Whether this torch build has the fused Adam kernel for ``device`` (CPU since torch 2.4, CUDA)."""
+    probe = torch.zeros(1, device=device)
+    try:
+        adam_update([probe.clone()], [probe.clone()], [probe.clone()], [probe.clone()], [],
+                              [torch.zeros((), device=device)], fused=True, amsgrad=False, lr=1e-3, maximize=False,
+                              **_ADAM)
+    except (RuntimeError, NotImplementedError):
+        logger.info("no fused Adam kernel for %s; using the single-tensor Adam (same update)", device)
+        return False
+    return True
+
+
 @dataclass
 class _Run:
     score: float
     value: float
     epoch: int
-    state: dict[str, torch.Tensor] | None
+    state: _Params | None
     history: list[dict[str, Any]]
     seconds: float
+    epochs_run: int = 0
 
 
-def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with default betas and no weight decay; the fused kernel where the device supports it (same update)."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+def _stacks(points: Sequence[tuple[int, dict[str, Any]]], size: int | None) -> list[list[tuple[int, dict[str, Any]]]]:
+    """Grid points grouped by network shape (hidden layers, width), in draw order, at most ``size`` per group."""
+    groups: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = {}
+    for index, point in points:
+        shape = (int(point["hidden_layers"]), int(point["hidden_dim"]) if int(point["hidden_layers"]) else 0)
+        groups.setdefault(shape, []).append((index, point))
+    limit = size or len(points)
+    return [group[i : i + limit] for group in groups.values() for i in range(0, len(group), limit)]
 
 
-def _config_seed(seed: int, index: int) -> int:
-    return (int(seed) * 1_000_003 + 7919 * int(index)) % (2**63 - 1)
-
-
-def _train_mlp(
-    index: int,
-    point: Mapping[str, Any],
+def _train_stack(
+    members: Sequence[tuple[int, dict[str, Any]]],
     train: _Tensors,
     valid: _Tensors,
     *,
@@ -683,66 +890,107 @@ def _train_mlp(
     score_fn: Metric,
     cfg: MLPProbeConfig,
     seed: int,
-) -> _Run:
+) -> dict[int, _Run]:
+    """Train the grid points ``members`` (one network shape) side by side, each with its own early stopping.
+
+    Every model sees the same mini-batches (order seeded by ``seed`` only) and draws its dropout masks from its
+    own generator, so its training does not depend on which other grid points share the stack.
+    """
     start = time.perf_counter()
-    run_seed = _config_seed(seed, index)
-    torch.manual_seed(run_seed)
-    model = build_mlp(train.x.shape[1], n_classes, point, cfg).to(train.x.device)
-    has_batchnorm = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
-    optimizer = _adam(model, float(point["lr"]))
-    generator = torch.Generator().manual_seed(run_seed)
+    device = train.x.device
+    params = _init_params(members, train.x.shape[1], n_classes, cfg, seed, device)
+    optimizer = _StackAdam(params, [p["lr"] for _, p in members])
+    dropout_gens = [torch.Generator(device=device).manual_seed(_config_seed(seed, i) ^ 0x5EED) for i, _ in members]
+    dropouts = [float(p["dropout"]) for _, p in members]
+    order_gen = torch.Generator().manual_seed(_config_seed(seed, -1))
+    active = list(range(len(members)))  # positions in `members` of the models still training
+    runs = {i: _Run(-math.inf, math.nan, 0, None, [], 0.0) for i, _ in members}
+    stale = [0] * len(members)
+    has_batchnorm = cfg.hidden_norm == "batchnorm" and len(params.weights) > 1
+    width = params.weights[0].shape[1] if len(params.weights) > 1 else 0
     n = train.x.shape[0]
     batch = max(1, min(cfg.batch_size, n))
     check_every = max(1, cfg.check_val_every_n_epoch)
 
-    best = _Run(-math.inf, math.nan, 0, None, [], 0.0)
-    stale_checks = 0
     for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
         if cfg.shuffle:
-            perm = torch.randperm(n, generator=generator).to(train.x.device)
+            perm = torch.randperm(n, generator=order_gen).to(device)
             xs, ys = train.x[perm], train.y[perm]
             ms = None if train.mask is None else train.mask[perm]
         else:
             xs, ys, ms = train.x, train.y, train.mask
-        loss_sum = torch.zeros((), device=train.x.device)
+        loss_sum = torch.zeros(len(active), device=device)
         seen = 0
         for i in range(0, n, batch):
             xb = xs[i : i + batch]
-            if has_batchnorm and xb.shape[0] < 2:
+            b = xb.shape[0]
+            if has_batchnorm and b < 2:
                 continue
-            loss = _mlp_loss(model(xb), ys[i : i + batch], None if ms is None else ms[i : i + batch], multilabel)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            masks = None
+            if width:
+                masks = [_dropout_masks([dropouts[a] for a in active], [dropout_gens[a] for a in active], b, width,
+                                        device) for _ in range(len(params.weights) - 1)]
+            per_model = _stack_loss(_forward(params, xb, cfg, masks, train=True), ys[i : i + batch],
+                                    None if ms is None else ms[i : i + batch], multilabel)
+            per_model.sum().backward()  # models share no parameters: each gets the gradient of its own loss
             optimizer.step()
-            loss_sum += loss.detach() * xb.shape[0]
-            seen += xb.shape[0]
+            loss_sum += per_model.detach() * b
+            seen += b
 
-        if epoch % check_every != 0 and not (epoch == cfg.max_epochs and best.state is None):
+        finishing = epoch == cfg.max_epochs
+        due = epoch % check_every == 0
+        if not due and not (finishing and any(runs[members[a][0]].state is None for a in active)):
             continue
-        logits = _logits(model, valid.x, cfg.eval_batch_size)
-        valid_loss = float(_mlp_loss(logits, valid.y, valid.mask, multilabel))
-        value = float(score_fn(valid.data.y, _activate(logits, multilabel), valid.data.mask))
-        best.history.append(
-            {
-                "config": index,
-                "epoch": epoch,
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "valid_loss": valid_loss,
-                "valid_metric": value,
-            }
-        )
-        score = _to_maximise(value, score_fn)
-        if score > best.score or best.state is None:
-            best.score, best.value, best.epoch = score, value, epoch
-            best.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stale_checks = 0 if score > -math.inf else stale_checks + 1
+        logits = _eval_logits(params, valid.x, cfg)
+        stopped = []
+        for row, a in enumerate(active):
+            index = members[a][0]
+            run = runs[index]
+            run.epochs_run = epoch
+            if not due and run.state is not None:
+                continue  # the final-epoch check is only for models that were never validated
+            valid_loss = float(_stack_loss(logits[row : row + 1], valid.y, valid.mask, multilabel)[0])
+            value = float(score_fn(valid.data.y, _activate(logits[row].t(), multilabel), valid.data.mask))
+            run.history.append({"config": index, "epoch": epoch, "train_loss": float(loss_sum[row]) / max(seen, 1),
+                                "valid_loss": valid_loss, "valid_metric": value})
+            score = _to_maximise(value, score_fn)
+            if score > run.score or run.state is None:
+                run.score, run.value, run.epoch = score, value, epoch
+                run.state = params.take([row], requires_grad=False)
+                stale[a] = 0 if score > -math.inf else stale[a] + 1
+            else:
+                stale[a] += 1
+            if stale[a] >= cfg.patience:
+                stopped.append(row)
+        if stopped:
+            keep = [row for row in range(len(active)) if row not in stopped]
+            active = [active[row] for row in keep]
+            if not active:
+                break
+            params = params.take(keep, requires_grad=True)
+            optimizer.take(params, keep)
+    for a in active:
+        runs[members[a][0]].epochs_run = cfg.max_epochs
+    seconds = time.perf_counter() - start
+    for run in runs.values():
+        run.seconds = seconds
+    return runs
+
+
+def _dropout_masks(ps: Sequence[float], gens: Sequence[torch.Generator], batch: int, width: int,
+                   device: torch.device) -> torch.Tensor:
+    """Scaled dropout masks ``(G, width, batch)`` (kept with probability ``1 - p``, scaled by ``1 / (1 - p)`` as in
+    ``F.dropout``), each model's from its own generator. ``uniform_() < 1 - p`` is a Bernoulli draw at half the
+    cost of ``bernoulli_`` on CPU."""
+    out = torch.empty(len(ps), width, batch, device=device)
+    for g, (p, gen) in enumerate(zip(ps, gens)):
+        if p <= 0.0:
+            out[g].fill_(1.0)
+        elif p >= 1.0:
+            out[g].zero_()
         else:
-            stale_checks += 1
-        if stale_checks >= cfg.patience:
-            break
-    best.seconds = time.perf_counter() - start
-    return best
+            out[g].uniform_(generator=gen).lt_(1.0 - p).div_(1.0 - p)
+    return out
 
 
 def fit_mlp_probe(
@@ -769,7 +1017,8 @@ def fit_mlp_probe(
         seed: seeds the grid draw, the hold-out split, initialisation, dropout and mini-batch order.
 
     Returns:
-        The :class:`ProbeResult`.
+        The :class:`ProbeResult`; ``selected`` holds the grid point, its best epoch, its index in ``cfg.grid()``
+        and ``epochs_run`` (epochs it trained before stopping).
     """
     start = time.perf_counter()
     cfg = cfg or MLP_PRESETS["hear"]
@@ -784,32 +1033,32 @@ def fit_mlp_probe(
     valid_t = _tensors(sel_data, scaler, multilabel, device)
 
     points = cfg.draw(seed)
+    runs: dict[int, _Run] = {}
+    for members in _stacks(points, cfg.stack_size):
+        runs.update(_train_stack(
+            members, train_t, valid_t,
+            n_classes=n_classes, multilabel=multilabel, score_fn=score_fn, cfg=cfg, seed=seed,
+        ))
     history: list[dict[str, Any]] = []
     best_run: _Run | None = None
     best_index, best_point = -1, {}
     for rank, (index, point) in enumerate(points, start=1):
-        run = _train_mlp(
-            index, point, train_t, valid_t,
-            n_classes=n_classes, multilabel=multilabel, score_fn=score_fn, cfg=cfg, seed=seed,
-        )
+        run = runs[index]
         history.extend(run.history)
         logger.info(
-            "mlp probe grid point %d/%d %s: valid %s=%.4f at epoch %d (%.1f s)",
-            rank, len(points), point, metric, run.value, run.epoch, run.seconds,
+            "mlp probe grid point %d/%d %s: valid %s=%.4f at epoch %d of %d",
+            rank, len(points), point, metric, run.value, run.epoch, run.epochs_run,
         )
         if best_run is None or run.score > best_run.score:
             best_run, best_index, best_point = run, index, point
     if best_run is None or best_run.state is None:
         raise RuntimeError("the MLP probe produced no validated model")
 
-    torch.manual_seed(_config_seed(seed, best_index))
-    model = build_mlp(train_t.x.shape[1], n_classes, best_point, cfg).to(device)
-    model.load_state_dict(best_run.state)
     test_x = torch.from_numpy(scaler(test.x)).to(device)
-    scores = _activate(_logits(model, test_x, cfg.eval_batch_size), multilabel)
+    scores = _activate(_eval_logits(best_run.state, test_x, cfg)[0].t(), multilabel)
     test_value = score_fn(test.y, scores, test.mask)
     seconds = time.perf_counter() - start
-    selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index}
+    selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index, "epochs_run": best_run.epochs_run}
     logger.info("mlp probe: selected %s, test %s=%.4f (%.1f s)", selected, metric, test_value, seconds)
     return ProbeResult(
         scores=scores,
@@ -818,3 +1067,35 @@ def fit_mlp_probe(
         history=history,
         seconds=seconds,
     )
+
+
+def fit_mlp_folds(
+    rounds: Sequence[tuple[ProbeData, ProbeData | None, ProbeData]],
+    *,
+    multilabel: bool,
+    metric: str,
+    cfg: MLPProbeConfig | None = None,
+    seed: int = 0,
+) -> list[ProbeResult]:
+    """hear-eval-kit's multi-split flow: the grid search runs on the first round only, and the selected grid point
+    is retrained (same early stopping) on every other round (``task_predictions``, L1344-1395).
+
+    Args:
+        rounds: ``(train, valid, test)`` per split, e.g. from :func:`fold_splits`, first split first.
+        multilabel, metric, cfg, seed: as for :func:`fit_mlp_probe`.
+
+    Returns:
+        One :class:`ProbeResult` per round; ``selected`` holds the grid point chosen on the first round.
+    """
+    if not rounds:
+        raise ValueError("no rounds to fit")
+    cfg = cfg or MLP_PRESETS["hear"]
+    first = fit_mlp_probe(*rounds[0], multilabel=multilabel, metric=metric, cfg=cfg, seed=seed)
+    chosen = {key: first.selected[key] for key in _GRID_KEYS}
+    single = cfg.with_selected(chosen)
+    results = [first]
+    for train, valid, test in rounds[1:]:
+        result = fit_mlp_probe(train, valid, test, multilabel=multilabel, metric=metric, cfg=single, seed=seed)
+        # Keep the grid index of the full grid so results of different rounds name the same configuration.
+        results.append(replace(result, selected={**result.selected, "grid_index": first.selected["grid_index"]}))
+    return results

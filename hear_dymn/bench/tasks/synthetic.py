@@ -23,10 +23,15 @@ Default sizes (``clips_per_class`` x ``num_classes``; every split contains every
 * ``hear``: scene task ``mini_scene`` (``hear:mini_scene``), 5 classes x 12 = 60 clips of 2 s, split
   mode ``trainvaltest`` (8 / 2 / 2 per class), written at 48 kHz and resampled to 16 kHz (no 32 kHz
   folder, so the loader picks 48 kHz and resamples).
+* ``hear_kfold``: scene task ``mini_scene_kfold`` (``hear:mini_scene_kfold``) exactly as ``hear-preprocess``
+  writes a k-fold task and as hear-eval-kit's runners read it: 5 classes x 30 = 150 clips of 2 s, split mode
+  ``new_split_kfold`` with 5 folds (6 clips per class in each), ``splits`` and ``nfolds`` in the metadata, audio
+  only in a ``32000`` folder (the rate of the models here; hear-eval-kit reads ``<model sample rate>/<split>``).
 
 ``corrupt=True`` additionally replaces one listed audio file per dataset with garbage bytes (ESC-50:
 first clip of fold 1; FSD50K: first dev-train clip; OpenMIC: first ``split01_test`` clip; HEAR: first
-train clip), for testing skip-and-report logic; the relative paths are recorded in the marker file.
+train clip; k-fold HEAR: first clip of ``fold00``), for testing skip-and-report logic; the relative paths are
+recorded in the marker file.
 
 Determinism: the same arguments give identical metadata and identical WAV bytes. OGG files decode to
 identical samples but differ in a few header bytes (libsndfile picks a random Ogg stream serial number).
@@ -58,17 +63,23 @@ import soundfile as sf
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MiniatureKind", "KINDS", "DEFAULT_SIZES", "MARKER_NAME", "HEAR_TASK_NAME", "Timbre", "class_timbre",
+    "MiniatureKind", "KINDS", "DEFAULT_SIZES", "MARKER_NAME", "HEAR_TASK_NAME", "HEAR_KFOLD_TASK_NAME", "Timbre",
+    "class_timbre",
     "write_miniature", "write_all_miniatures", "main",
 ]
 
-MiniatureKind = Literal["esc50", "fsd50k", "openmic", "hear"]
+MiniatureKind = Literal["esc50", "fsd50k", "openmic", "hear", "hear_kfold"]
 KINDS: tuple[MiniatureKind, ...] = get_args(MiniatureKind)
 #: Default ``(num_classes, clips_per_class)`` per kind.
-DEFAULT_SIZES: dict[str, tuple[int, int]] = {"esc50": (5, 10), "fsd50k": (6, 10), "openmic": (6, 10), "hear": (5, 12)}
-_MIN_CLIPS_PER_CLASS = {"esc50": 5, "fsd50k": 3, "openmic": 2, "hear": 3}
+DEFAULT_SIZES: dict[str, tuple[int, int]] = {
+    "esc50": (5, 10), "fsd50k": (6, 10), "openmic": (6, 10), "hear": (5, 12), "hear_kfold": (5, 30),
+}
+_MIN_CLIPS_PER_CLASS = {"esc50": 5, "fsd50k": 3, "openmic": 2, "hear": 3, "hear_kfold": 5}
 MARKER_NAME = ".miniature.json"
 HEAR_TASK_NAME = "mini_scene"
+HEAR_KFOLD_TASK_NAME = "mini_scene_kfold"
+_HEAR_KFOLD_FOLDS = 5
+_HEAR_KFOLD_RATE = 32000
 _FORMAT_VERSION = 1
 _ESC50_SECONDS = 5.0
 _OPENMIC_SECONDS = 4.0
@@ -445,7 +456,46 @@ def _write_hear(root: Path, seed: int, num_classes: int, cpc: int, corrupt: bool
     return [f"{rate}/train/{first}" for rate in _HEAR_RATES]
 
 
-_WRITERS = {"esc50": _write_esc50, "fsd50k": _write_fsd50k, "openmic": _write_openmic, "hear": _write_hear}
+def _write_hear_kfold(root: Path, seed: int, num_classes: int, cpc: int, corrupt: bool) -> list[str]:
+    rng = np.random.default_rng([seed, 54])
+    labels = [f"synth_{k:02d}" for k in range(num_classes)]
+    folds = [f"fold{i:02d}" for i in range(_HEAR_KFOLD_FOLDS)]
+    _write_json(root / "task_metadata.json", {
+        "task_name": HEAR_KFOLD_TASK_NAME,
+        "version": "v1.0.0-mini",
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": "new_split_kfold",
+        "nfolds": _HEAR_KFOLD_FOLDS,
+        "splits": folds,
+        "sample_duration": _HEAR_SECONDS,
+        "evaluation": ["top1_acc"],
+        "default_mode": "mini",
+        "mode": "mini",
+    })
+    _write_csv(root / "labelvocabulary.csv", list(enumerate(labels)), ("idx", "label"))
+    entries: dict[str, dict[str, list[str]]] = {f: {} for f in folds}
+    for j, clip_rng in enumerate(_clip_rngs(seed, "hear_kfold", num_classes * cpc)):
+        k, r = j % num_classes, j // num_classes
+        fold = folds[r % len(folds)]
+        fname = hashlib.sha1(f"kfold-{seed}-{j}".encode()).hexdigest()[:16] + ".wav"
+        entries[fold][fname] = [labels[k]]
+        classes, levels = _multiclass_mixture(k, num_classes, clip_rng)
+        audio = _render_clip(classes, levels, _HEAR_SECONDS, _HEAR_KFOLD_RATE, 1, clip_rng)
+        _write_wav(root / str(_HEAR_KFOLD_RATE) / fold / fname, audio, _HEAR_KFOLD_RATE)
+    for fold in folds:
+        _write_json(root / f"{fold}.json", entries[fold])
+    if not corrupt:
+        return []
+    first = min(entries[folds[0]])
+    _corrupt(root / str(_HEAR_KFOLD_RATE) / folds[0] / first, rng)
+    return [f"{_HEAR_KFOLD_RATE}/{folds[0]}/{first}"]
+
+
+_WRITERS = {
+    "esc50": _write_esc50, "fsd50k": _write_fsd50k, "openmic": _write_openmic, "hear": _write_hear,
+    "hear_kfold": _write_hear_kfold,
+}
 
 
 def _marker_matches(marker: Path, params: dict[str, object]) -> bool:
@@ -462,11 +512,12 @@ def write_miniature(kind: MiniatureKind, root: str | os.PathLike[str], seed: int
     """Write a miniature dataset of ``kind`` in its official layout at ``root`` (the dataset root).
 
     Args:
-        kind: ``"esc50"``, ``"fsd50k"``, ``"openmic"`` or ``"hear"`` (a HEAR scene task folder).
+        kind: ``"esc50"``, ``"fsd50k"``, ``"openmic"``, ``"hear"`` or ``"hear_kfold"`` (HEAR scene task folders).
         root: Dataset root to create; its parent is created if needed.
         seed: Seed of all random draws (class timbres do not depend on it).
         clips_per_class: Clips per (primary) class; defaults in :data:`DEFAULT_SIZES` (minimum 5 for
-            ESC-50 so that every fold has every class, 3 for FSD50K and HEAR, 2 for OpenMIC).
+            ESC-50 and the k-fold HEAR task so that every fold has every class, 3 for FSD50K and HEAR, 2 for
+            OpenMIC).
         num_classes: Number of classes (>= 2); defaults in :data:`DEFAULT_SIZES`.
         corrupt: Replace one listed audio file with garbage bytes (see module docstring).
 
@@ -531,7 +582,8 @@ def write_all_miniatures(root: str | os.PathLike[str], seed: int = 0, corrupt: b
         corrupt: Passed to :func:`write_miniature`.
 
     Returns:
-        Mapping kind -> dataset root (for ``"hear"`` the task folder, loadable as ``hear:mini_scene``).
+        Mapping kind -> dataset root (for ``"hear"`` and ``"hear_kfold"`` the task folders, loadable as
+        ``hear:mini_scene`` and ``hear:mini_scene_kfold``).
     """
     root = Path(root)
     return {kind: write_miniature(kind, root / kind, seed=seed, corrupt=corrupt) for kind in KINDS}
