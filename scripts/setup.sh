@@ -16,8 +16,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 echo "[setup] torch 2.9.1 + torchaudio 2.9.1"
 "${PIP[@]}" install "torch==2.9.1" "torchaudio==2.9.1" 2>&1 | grep -v "^WARNING: Location" || true
 
-echo "[setup] hear_dymn with the eval and dev extras"
-"${PIP[@]}" install -e ".[eval,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+echo "[setup] hear_dymn with the eval, dev and ray extras"
+"${PIP[@]}" install -e ".[eval,dev,ray]" 2>&1 | grep -v "^WARNING: Location" || true
 
 # hearvalidator 2021.0.6 declares Python < 3.9; the resolver would silently fall back to 2021.0.2, which rejects
 # 32 kHz models. Its real dependencies (torch, tensorflow, numpy) come from the dev extra above.
@@ -26,10 +26,10 @@ echo "[setup] hearvalidator 2021.0.6"
 
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-import torch, torchaudio
+import ray, torch, torchaudio
 assert torch.__version__.startswith("2.9"), torch.__version__
 assert torchaudio.__version__.startswith("2.9"), torchaudio.__version__
 assert md.version("hearvalidator") == "2021.0.6", md.version("hearvalidator")
 print(f"[setup] ok: torch {torch.__version__}, torchaudio {torchaudio.__version__}, "
-      f"hearvalidator {md.version('hearvalidator')}")
+      f"hearvalidator {md.version('hearvalidator')}, ray {ray.__version__}")
 PY

@@ -11,12 +11,18 @@ stable plan that depends on the clip list only); each shard is written atomicall
 loses at most the shards in flight and a rerun recomputes nothing it already has. Each shard stores the clip ids
 it covers, so a changed clip list invalidates exactly the shards that differ. Unreadable audio files are skipped
 and recorded in the shard (``skipped_ids`` / ``skipped_reasons``).
+
+Two backends fill the cache: the local one, shard by shard in :meth:`EmbeddingCache.get`, and the Ray backend
+(``ray_backend.py``), which asks :meth:`EmbeddingCache.missing_shards` what is left, computes those shards with
+:func:`compute_shard` on its workers and stores them with :meth:`EmbeddingCache.write_shard`. Either way the
+files are the same, so readers cannot tell which backend wrote them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -102,12 +108,102 @@ class SplitEmbeddings:
     computed_shards: int = 0
     cached_shards: int = 0
     seconds: float = 0.0
+    computed_clips: int = 0
+    shard_seconds: list[float] = field(default_factory=list)  # one per computed shard
+    location: str = ""  # the split's cache folder
 
 
 def shard_plan(clips: Sequence[Clip], shard_size: int) -> list[list[Clip]]:
     """Consecutive groups of ``shard_size`` clips in clip-id order: depends on the clip list only."""
     ordered = sorted(clips, key=lambda c: c.clip_id)
     return [ordered[i:i + shard_size] for i in range(0, len(ordered), shard_size)]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One entry of a split's shard plan: the clips it covers and the file that holds their embeddings."""
+
+    task: str
+    split: str
+    index: int
+    path: Path
+    clips: tuple[Clip, ...]
+
+
+def compute_shard(embedder: Embedder, clips: Sequence[Clip], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Embed ``clips`` in order (equal-length neighbours batched together); unreadable files are skipped.
+
+    Returns:
+        The shard's arrays: ``clip_ids``, ``x`` ``(n, D)`` float32, ``skipped_ids``, ``skipped_reasons``.
+    """
+    ids, vectors, skipped_ids, reasons = [], [], [], []
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if pending:
+            audio = torch.from_numpy(np.stack([a for _, a in pending]))
+            emb = embedder(audio).numpy().astype(np.float32)
+            ids.extend(i for i, _ in pending)
+            vectors.extend(emb)
+            pending.clear()
+
+    for clip in clips:
+        try:
+            audio = read_audio(clip.path, embedder.sample_rate)
+        except AudioReadError as err:
+            logger.warning("skipping %s: %s", clip.clip_id, err)
+            skipped_ids.append(clip.clip_id)
+            reasons.append(str(err))
+            continue
+        if pending and (len(pending) >= batch_size or len(pending[0][1]) != len(audio)):
+            flush()
+        pending.append((clip.clip_id, audio))
+    flush()
+    dim = vectors[0].shape[0] if vectors else 0
+    return {
+        "clip_ids": np.array(ids, dtype=str),
+        "x": np.stack(vectors) if vectors else np.zeros((0, dim), np.float32),
+        "skipped_ids": np.array(skipped_ids, dtype=str),
+        "skipped_reasons": np.array(reasons, dtype=str),
+    }
+
+
+@dataclass
+class ExtractionStats:
+    """What the embedding step of a run did, for the report's provenance (either backend)."""
+
+    backend: str = "local"
+    workers: str = field(default_factory=lambda: f"1 process, {torch.get_num_threads()} torch thread(s)")
+    planned: dict[str, int] = field(default_factory=dict)  # split cache folder -> shards in its plan
+    computed_clips: int = 0
+    shard_seconds: list[float] = field(default_factory=list)  # one per computed shard
+    seconds: float = 0.0  # wall time spent computing
+    retried_shards: int = 0  # shards sent again after their worker was lost
+
+    @property
+    def total_shards(self) -> int:
+        return sum(self.planned.values())
+
+    def record(self, emb: SplitEmbeddings) -> None:
+        """Add one split as returned by :meth:`EmbeddingCache.get` (whatever it computed counts as local work)."""
+        self.planned[emb.location] = emb.computed_shards + emb.cached_shards
+        self.computed_clips += emb.computed_clips
+        self.shard_seconds.extend(emb.shard_seconds)
+        self.seconds += sum(emb.shard_seconds)
+
+    def provenance(self) -> dict[str, str]:
+        computed = len(self.shard_seconds)
+        line = f"{computed} of {self.total_shards} computed"
+        if computed:
+            rate = self.computed_clips / self.seconds if self.seconds > 0 else float("nan")
+            line += (f" ({self.computed_clips} clips in {self.seconds:.1f} s, {rate:.1f} clips/s); seconds per "
+                     f"shard min {min(self.shard_seconds):.2f} / median {statistics.median(self.shard_seconds):.2f}"
+                     f" / max {max(self.shard_seconds):.2f}")
+        else:
+            line += " (all read from the cache)"
+        if self.retried_shards:
+            line += f"; {self.retried_shards} sent again after a lost worker"
+        return {"embedding backend": self.backend, "embedding workers": self.workers, "embedding shards": line}
 
 
 class EmbeddingCache:
@@ -125,10 +221,32 @@ class EmbeddingCache:
     def shard_path(self, embedder: Embedder, task: Task, split: str, index: int) -> Path:
         return self.split_dir(embedder, task, split) / f"shard-{index:05d}.npz"
 
-    def _write_meta(self, embedder: Embedder) -> None:
+    def write_meta(self, embedder: Embedder) -> None:
         meta = self.root / embedder_key(embedder) / "meta.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps(embedder.describe(), indent=2, sort_keys=True, default=str))
+
+    def shards(self, embedder: Embedder, task: Task, split: str) -> list[Shard]:
+        """The split's shard plan (fixed by its clip list and ``shard_size``) with each shard's file."""
+        return [Shard(task.spec.name, split, index, self.shard_path(embedder, task, split, index), tuple(group))
+                for index, group in enumerate(shard_plan(task.clips(split), self.shard_size))]
+
+    def missing_shards(self, embedder: Embedder, task: Task, split: str) -> list[Shard]:
+        """The shards of the plan that have no valid file yet (missing, damaged, or for another clip list)."""
+        return [s for s in self.shards(embedder, task, split) if self.load_shard(s.path, s.clips) is None]
+
+    def write_shard(self, shard: Shard, arrays: dict[str, np.ndarray]) -> None:
+        """Store a computed shard atomically, after checking that it covers exactly the shard's clips."""
+        covered = sorted(str(i) for i in [*arrays["clip_ids"], *arrays["skipped_ids"]])
+        if covered != sorted(c.clip_id for c in shard.clips):
+            raise ValueError(f"arrays for {shard.path} do not cover the shard's {len(shard.clips)} clips")
+        atomic_savez(shard.path, **arrays)
+
+    def fill_shard(self, embedder: Embedder, shard: Shard) -> dict[str, np.ndarray]:
+        """Compute one shard here and store it; returns its arrays."""
+        arrays = compute_shard(embedder, shard.clips, self.batch_size)
+        self.write_shard(shard, arrays)
+        return arrays
 
     def load_shard(self, path: Path, clips: Sequence[Clip]) -> dict[str, Any] | None:
         """A shard's contents if it exists and covers exactly ``clips``; ``None`` otherwise."""
@@ -146,59 +264,31 @@ class EmbeddingCache:
         return shard
 
     def compute_shard(self, embedder: Embedder, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
-        """Embed ``clips`` (equal-length neighbours batched together); unreadable files are skipped."""
-        ids, vectors, skipped_ids, reasons = [], [], [], []
-        pending: list[tuple[str, np.ndarray]] = []
-
-        def flush() -> None:
-            if pending:
-                audio = torch.from_numpy(np.stack([a for _, a in pending]))
-                emb = embedder(audio).numpy().astype(np.float32)
-                ids.extend(i for i, _ in pending)
-                vectors.extend(emb)
-                pending.clear()
-
-        for clip in clips:
-            try:
-                audio = read_audio(clip.path, embedder.sample_rate)
-            except AudioReadError as err:
-                logger.warning("skipping %s: %s", clip.clip_id, err)
-                skipped_ids.append(clip.clip_id)
-                reasons.append(str(err))
-                continue
-            if pending and (len(pending) >= self.batch_size or len(pending[0][1]) != len(audio)):
-                flush()
-            pending.append((clip.clip_id, audio))
-        flush()
-        dim = vectors[0].shape[0] if vectors else 0
-        return {
-            "clip_ids": np.array(ids, dtype=str),
-            "x": np.stack(vectors) if vectors else np.zeros((0, dim), np.float32),
-            "skipped_ids": np.array(skipped_ids, dtype=str),
-            "skipped_reasons": np.array(reasons, dtype=str),
-        }
+        """Embed ``clips`` with this cache's batch size (see :func:`compute_shard`)."""
+        return compute_shard(embedder, clips, self.batch_size)
 
     def get(self, embedder: Embedder, task: Task, split: str,
             progress: Callable[[int], None] | None = None) -> SplitEmbeddings:
         """Embeddings of ``split``, computing only the shards that are missing."""
         start = time.perf_counter()
-        self._write_meta(embedder)
-        clips = task.clips(split)
-        by_id = {c.clip_id: c for c in clips}
+        self.write_meta(embedder)
+        plan = self.shards(embedder, task, split)
+        by_id = {c.clip_id: c for s in plan for c in s.clips}
         result = SplitEmbeddings([], np.zeros((0, 0), np.float32), np.zeros(0), None)
         parts = []
-        for index, group in enumerate(shard_plan(clips, self.shard_size)):
-            path = self.shard_path(embedder, task, split, index)
-            shard = self.load_shard(path, group)
-            if shard is None:
-                shard = self.compute_shard(embedder, group)
-                atomic_savez(path, **shard)
+        for shard in plan:
+            arrays = self.load_shard(shard.path, shard.clips)
+            if arrays is None:
+                shard_start = time.perf_counter()
+                arrays = self.fill_shard(embedder, shard)
+                result.shard_seconds.append(time.perf_counter() - shard_start)
                 result.computed_shards += 1
+                result.computed_clips += len(shard.clips)
             else:
                 result.cached_shards += 1
-            parts.append(shard)
+            parts.append(arrays)
             if progress is not None:
-                progress(len(group))
+                progress(len(shard.clips))
         ids = [str(i) for p in parts for i in p["clip_ids"]]
         result.clip_ids = ids
         result.x = np.concatenate([p["x"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
@@ -207,4 +297,5 @@ class EmbeddingCache:
         result.mask = np.stack(masks) if ids and masks[0] is not None else None
         result.skipped = {str(i): str(r) for p in parts for i, r in zip(p["skipped_ids"], p["skipped_reasons"])}
         result.seconds = time.perf_counter() - start
+        result.location = str(self.split_dir(embedder, task, split))
         return result
