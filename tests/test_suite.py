@@ -109,3 +109,30 @@ def test_quick_suite_end_to_end(tmp_path, offline) -> None:
     assert value == pytest.approx(row["mean"])
     saved = json.loads((out / "results" / "dymn04" / "linear" / "openmic.json").read_text())
     assert saved["mean"] == pytest.approx(row["mean"]) and saved["weights"] == "random init"
+
+
+def test_finetune_protocol_in_the_suite(tmp_path, offline) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread avoids oversubscription on busy CI machines
+    try:
+        cfg = suite_config("quick", models=("dymn04",), tasks=("openmic",), protocols=("finetune",), seeds=(0,),
+                           finetune_epochs=1, out_dir=str(tmp_path / "reports"), cache_dir=str(tmp_path / "cache"))
+        result = run_suite(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = [r for r in result["rows"] if r["source"] == "measured"]
+    assert (row["protocol"], row["task"], row["config"]["epochs"]) == ("finetune", "openmic", 1)
+    assert row["config"]["recipe"] == "quick:openmic-dymn" and "a425fdc" in row["config"]["recipe_source"]
+    assert list(row["curves"]) == ["test_seed0"] and "valid_masked_map" in row["curves"]["test_seed0"][0]
+    out = tmp_path / "reports"
+    assert (out / "plots" / "openmic-masked-map_finetune_curves.png").stat().st_size > 1000
+    assert "fine-tuning" in result["provenance"] and "1 process" in result["provenance"]["fine-tuning"]
+    from hear_dymn.bench.metrics import METRICS
+
+    with np.load(out / "results" / "dymn04" / "finetune" / "openmic" / "test_seed0.npz") as pred:
+        assert METRICS["masked_map"](pred["targets"], pred["scores"], pred["mask"]) == pytest.approx(row["mean"])
+    assert "curves" not in (out / "leaderboard.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_suite(suite_config("quick", protocols=("finetuning",), out_dir=str(tmp_path / "x")), progress=False)

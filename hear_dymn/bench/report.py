@@ -61,6 +61,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "model", "weights", "weights_sha256", "protocol", "task", "task_version", "metric", "mean", "std", "n",
     "per_split", "params_m", "gmacs", "seconds", "source", "citation",
 )
+_CSV_SKIP = ("curves",)  # per-epoch training histories: in the per-run JSON and the curve plots, not the table
 _REQUIRED = ("model", "protocol", "task", "metric", "mean")
 _MISSING = "–"
 
@@ -515,6 +516,42 @@ def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: 
     return _png_bytes(fig)
 
 
+def _curves_plot(rows: Sequence[Mapping[str, Any]], title: str, metric: str, cfg: ReportConfig) -> bytes | None:
+    """Fine-tuning curves: training loss and (where the task has a validation split) the validation metric per
+    epoch, one line per model and run (fold/seed)."""
+    runs = [(str(r["model"]), name, history) for r in rows if isinstance(r.get("curves"), Mapping)
+            for name, history in r["curves"].items() if history]
+    if not runs:
+        return None
+    valid_key = f"valid_{metric}"
+    has_valid = any(valid_key in h for _, _, history in runs for h in history)
+    fig = _new_figure(cfg)
+    axes = fig.subplots(1, 2 if has_valid else 1, squeeze=False)[0]
+    models = list(dict.fromkeys(model for model, _, _ in runs))
+    for model, name, history in runs:
+        color = _EXTRA_COLORS[models.index(model) % len(_EXTRA_COLORS)]
+        epochs = [int(h["epoch"]) + 1 for h in history]
+        label = f"{model} {name}"
+        axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o", color=color, alpha=0.7, label=label)
+        if has_valid and any(valid_key in h for h in history):
+            axes[1].plot([e for e, h in zip(epochs, history) if valid_key in h],
+                         [100.0 * h[valid_key] for h in history if valid_key in h], marker="o", color=color,
+                         alpha=0.7, label=label)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("training loss")
+    axes[0].set_title(f"{title}: training loss", fontsize=9)
+    if has_valid:
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel(f"validation {_metric_name(metric)} (%)")
+        axes[1].set_title(f"{title}: validation {_metric_name(metric)}", fontsize=9)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
 def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[str, str, bytes]]:
     """``(file name, caption, png)`` for every task and metric."""
     out = []
@@ -530,6 +567,8 @@ def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[s
              lambda s=sub: _tradeoff_plot(s, "params_m", "parameters (M)", f"{name}: score vs size", y_label, cfg)),
             (f"{stem}_bars.png", f"{name}: mean ± std",
              lambda s=sub: _bar_plot(s, f"{name}: mean ± std over seeds/folds", y_label, cfg)),
+            (f"{stem}_finetune_curves.png", f"{name}: fine-tuning curves",
+             lambda s=sub: _curves_plot(s, name, metric, cfg)),
         ]
         for file_name, caption, make in specs:
             png = make()
@@ -543,7 +582,7 @@ def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[s
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    extra = sorted({k for r in rows for k in r} - set(CSV_COLUMNS) - set(_CSV_SKIP))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, *extra])

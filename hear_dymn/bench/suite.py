@@ -29,7 +29,9 @@ from ..models import CheckpointError, PRETRAINED, create_model, list_models
 from ..models.random_weights import random_state_dict
 from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
 from .atomic import atomic_savez, atomic_write_text
-from .embeddings import EmbeddingCache, HearEmbedder, LogMelBaseline
+from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBaseline, embedder_key
+from .finetune import DistContext, FinetuneData, init_distributed, run_finetune
+from .recipes import FINETUNE_PRESETS, recipe_for
 from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
 from .tasks import Task, get_task
 
@@ -50,7 +52,7 @@ class SuiteConfig:
     suite: str = "quick"
     models: tuple[str, ...] = ("dymn04", "dymn10", "mn10", "logmel")
     tasks: tuple[str, ...] = ("esc50", "fsd50k", "openmic")
-    protocols: tuple[str, ...] = ("linear", "mlp")
+    protocols: tuple[str, ...] = ("linear", "mlp", "finetune")
     seeds: tuple[int, ...] = (0, 1)
     linear_preset: str = "default"
     mlp_preset: str = "quick"
@@ -59,12 +61,22 @@ class SuiteConfig:
     data: dict[str, str] = field(default_factory=dict)  # task -> dataset root
     allow_random_init: bool = True  # architectures by name fall back to seeded random init when weights are missing
     device: str = "cpu"
+    finetune_preset: str = "quick"  # recipes.FINETUNE_PRESETS: "paper" (EfficientAT's recipes) or "quick"
+    finetune_epochs: int | None = None  # None: the preset's epochs
+    finetune_models: tuple[str, ...] | None = ("dymn04",)  # which of `models` to fine-tune; None: all networks
+    finetune_seeds: tuple[int, ...] | None = (0,)  # None: the probes' `seeds`
+    backend: str = "local"  # embedding extraction: "local" (this process) or "ray" (bench/ray_backend.py)
+    ray_address: str | None = None  # None: a local Ray cluster on this machine
+    ray_workers: int | None = None  # None: as many as the cluster fits
+    ray_gpus_per_worker: float = 0.0
+    ray_cpus_per_worker: float = 1.0  # also each worker's torch threads
 
 
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {},
     "paper": {"models": ("dymn04_as", "dymn10_as", "dymn20_as", "mn04_as", "mn10_as", "mn40_as_ext", "logmel"),
-              "seeds": (0, 1, 2), "mlp_preset": "hear", "allow_random_init": False},
+              "seeds": (0, 1, 2), "mlp_preset": "hear", "allow_random_init": False, "finetune_preset": "paper",
+              "finetune_models": None, "finetune_seeds": None},
 }
 
 
@@ -187,6 +199,9 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
     from .tasks.synthetic import write_miniature
 
     started = time.perf_counter()
+    _check_backend(cfg)  # before any work: an unknown backend or a missing Ray fails at once
+    _check_protocols(cfg)
+    ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
     out_dir = Path(cfg.out_dir)
     cache = EmbeddingCache(Path(cfg.cache_dir))
     data_roots = dict(cfg.data)
@@ -194,26 +209,48 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
         if name not in data_roots:
             if cfg.suite != "quick":
                 raise ValueError(f"suite {cfg.suite!r} needs --data {name}=PATH (the dataset's official layout)")
-            data_roots[name] = str(write_miniature(name, Path(cfg.cache_dir) / "miniatures" / name, seed=0))
+            root = Path(cfg.cache_dir) / "miniatures" / name
+            if ctx.is_main:
+                write_miniature(name, root, seed=0)
+            data_roots[name] = str(root)
+    ctx.barrier()
     tasks = {name: get_task(name, Path(data_roots[name])) for name in cfg.tasks}
-    embedders = [build_embedder(spec, cfg.allow_random_init, cfg.device) for spec in cfg.models]
+    embedders = [build_embedder(spec, cfg.allow_random_init, ctx.device) for spec in cfg.models]
 
     rows: list[dict[str, Any]] = []
     skipped: dict[str, dict[str, str]] = {}
     clip_counts: dict[str, dict[str, int]] = {}
-    for embedder in embedders:
-        params_m, gmacs = model_complexity(embedder)
-        weights = embedder.describe().get("weights", {}) if isinstance(embedder, HearEmbedder) else {}
-        for name, task in tasks.items():
-            data = {}
-            for split in task.spec.splits:
-                emb = cache.get(embedder, task, split, progress=_progress(progress, embedder.name, name, split))
-                data[split] = _probe_data(emb)
-                clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
-                if emb.skipped:
-                    skipped.setdefault(name, {}).update(emb.skipped)
-            for protocol in cfg.protocols:
-                rows.append(_run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs, weights))
+    probes = [p for p in cfg.protocols if p != "finetune"]
+    extraction = ExtractionStats()
+    if probes and ctx.is_main:
+        extraction = _extract_embeddings(cfg, cache, embedders, tasks, progress)
+        for embedder in embedders:
+            params_m, gmacs = model_complexity(embedder)
+            weights = embedder.describe().get("weights", {}) if isinstance(embedder, HearEmbedder) else {}
+            for name, task in tasks.items():
+                data = {}
+                for split in task.spec.splits:
+                    emb = cache.get(embedder, task, split, progress=_progress(progress, embedder.name, name, split))
+                    extraction.record(emb)
+                    data[split] = _probe_data(emb)
+                    clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
+                    if emb.skipped:
+                        skipped.setdefault(name, {}).update(emb.skipped)
+                for protocol in probes:
+                    rows.append(_run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
+                                              weights))
+    if "finetune" in cfg.protocols:
+        for embedder in _finetuned(cfg, embedders):
+            for task in tasks.values():
+                row, task_skipped = _run_finetune(cfg, ctx, out_dir, embedder, task, progress)
+                rows.append(row)
+                if task_skipped:
+                    skipped.setdefault(task.spec.name, {}).update(task_skipped)
+    if not ctx.is_main:
+        return {"provenance": {}, "rows": rows}
+    for name, task in tasks.items():
+        if name not in clip_counts:
+            clip_counts[name] = {split: len(task.clips(split)) for split in task.spec.splits}
     rows.extend(_reported_rows(cfg))
     provenance = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -221,15 +258,20 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
         "git commit": git_commit(),
         "versions": f"hear_dymn {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
                     f"python {platform.python_version()}",
-        "device": device_description(cfg.device),
+        "device": device_description(ctx.device),
         "weights": {e.name: _weights_line(e) for e in embedders},
         "datasets": {name: f"{data_roots[name]} ({', '.join(f'{s}: {n}' for s, n in clip_counts[name].items())})"
                      for name in tasks},
         "skipped files": {t: sorted(ids) for t, ids in skipped.items()} or "none",
         "seeds": list(cfg.seeds),
         "probe presets": f"linear={cfg.linear_preset}, mlp={cfg.mlp_preset}",
+        **extraction.provenance(),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
+    if "finetune" in cfg.protocols:
+        provenance["fine-tuning"] = (f"preset {cfg.finetune_preset}"
+                                     + (f", {cfg.finetune_epochs} epochs" if cfg.finetune_epochs else "")
+                                     + f", {ctx.world_size} process(es) ({'DDP' if ctx.distributed else 'single'})")
     write_reports(rows, out_dir, provenance)
     return {"provenance": provenance, "rows": rows}
 
@@ -241,6 +283,28 @@ def _weights_line(embedder) -> str:
     if info.get("sha256"):
         return f"{embedder.weights_label} (sha256 {info['sha256']})"
     return "**random init** (seed 0) - official weights not available; NOT pretrained results"
+
+
+def _check_backend(cfg: SuiteConfig) -> None:
+    if cfg.backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {cfg.backend!r}; backends: local, ray")
+    if cfg.backend == "ray":
+        from .ray_backend import require_ray
+
+        require_ray()  # says what to install
+
+
+def _extract_embeddings(cfg: SuiteConfig, cache: EmbeddingCache, embedders, tasks: dict[str, Task],
+                        progress: bool) -> ExtractionStats:
+    """Ray backend: fill the cache for every (model, task, split) now. Local: the cache fills split by split."""
+    if cfg.backend == "local":
+        return ExtractionStats()
+    from .ray_backend import RayConfig, fill_cache
+
+    ray_cfg = RayConfig(address=cfg.ray_address, workers=cfg.ray_workers, gpus_per_worker=cfg.ray_gpus_per_worker,
+                        cpus_per_worker=cfg.ray_cpus_per_worker, batch_size=cache.batch_size)
+    work = [(e, t, split) for e in embedders for t in tasks.values() for split in t.spec.splits]
+    return fill_cache(cache, work, ray_cfg, progress=progress)
 
 
 def _progress(enabled: bool, model: str, task: str, split: str):
@@ -279,20 +343,117 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
         values = [float(np.mean(v)) for v in per_round.values()]
     else:  # mean +- std over seeds
         values = [float(v) for v in next(iter(per_round.values()))]
-    weights_label = getattr(embedder, "weights_label", "")
-    row = {
-        "model": embedder.name, "weights": weights_label, "weights_sha256": weights.get("sha256"),
-        "protocol": protocol, "task": spec.name, "task_version": spec.version, "metric": metric,
+    config = {"probe_preset": cfg.linear_preset if protocol == "linear" else cfg.mlp_preset}
+    row = _result_row(cfg, embedder, spec, protocol, values, per_round, params_m, gmacs, weights, seconds, config)
+    atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
+    return row
+
+
+def _result_row(cfg: SuiteConfig, embedder, spec, protocol: str, values: list[float],
+                per_round: dict[str, list[float]], params_m, gmacs, weights: dict[str, Any], seconds: float,
+                config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": embedder.name, "weights": getattr(embedder, "weights_label", ""),
+        "weights_sha256": weights.get("sha256"), "protocol": protocol, "task": spec.name,
+        "task_version": spec.version, "metric": spec.main_metric,
         "mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values),
         "per_split": {k: float(np.mean(v)) for k, v in per_round.items()},  # mean over seeds
         "params_m": params_m, "gmacs": gmacs, "seconds": seconds, "source": "measured",
-        "seeds": list(cfg.seeds), "config": {"probe_preset": cfg.linear_preset if protocol == "linear"
-                                             else cfg.mlp_preset},
+        "seeds": list(cfg.seeds), "config": config,
         "hear_dymn_version": __version__, "git_commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
-    return row
+
+
+def _check_protocols(cfg: SuiteConfig) -> None:
+    unknown = [p for p in cfg.protocols if p not in ("linear", "mlp", "finetune")]
+    if unknown:
+        raise ValueError(f"unknown protocol(s) {', '.join(map(repr, unknown))}; protocols: linear, mlp, finetune")
+    if "finetune" in cfg.protocols and cfg.finetune_preset not in FINETUNE_PRESETS:
+        raise ValueError(f"unknown fine-tuning preset {cfg.finetune_preset!r}; presets: "
+                         f"{', '.join(FINETUNE_PRESETS)}")
+
+
+def _finetuned(cfg: SuiteConfig, embedders) -> list[HearEmbedder]:
+    """The network models to fine-tune: all of them, or those named in ``cfg.finetune_models``."""
+    networks = [e for e in embedders if isinstance(e, HearEmbedder)]
+    if cfg.finetune_models is None:
+        return networks
+    chosen = [e for e in networks if e.name in cfg.finetune_models]
+    left = [e.name for e in networks if e not in chosen]
+    if left:
+        logger.info("fine-tuning %s only (finetune_models); not fine-tuning %s",
+                    ", ".join(e.name for e in chosen) or "nothing", ", ".join(left))
+    return chosen
+
+
+def finetune_rounds(task: Task) -> list[tuple[str, FinetuneData]]:
+    """(name, data) per round: k-fold tasks test each fold after training on all others (no validation split,
+    as in the reference); train/valid/test tasks select the epoch on the validation split."""
+    spec = task.spec
+    if spec.protocol == "folds":
+        return [(test, FinetuneData(train=[c for s in spec.splits if s != test for c in task.clips(s)], valid=None,
+                                    test=task.clips(test)))
+                for test in spec.splits]
+    train, valid, test = spec.splits[0], spec.splits[1], spec.splits[-1]
+    return [(test, FinetuneData(train=task.clips(train), valid=task.clips(valid), test=task.clips(test)))]
+
+
+def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: HearEmbedder, task: Task,
+                  progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    spec = task.spec
+    network = embedder.model.network  # the eager network with the loaded weights; run_finetune trains a copy
+    recipe = recipe_for(spec.name.split(":")[0], network.arch, spec.multilabel, cfg.finetune_preset,
+                        cfg.finetune_epochs, spec.clip_seconds)
+    key = embedder_key(embedder)
+    result_dir = out_dir / "results" / embedder.name / "finetune"
+    per_round: dict[str, list[float]] = {}
+    curves: dict[str, list[dict[str, float]]] = {}
+    skipped: dict[str, str] = {}
+    seconds = 0.0
+    seeds = cfg.finetune_seeds or cfg.seeds
+    for seed in seeds:
+        for round_name, data in finetune_rounds(task):
+            run = f"{round_name}_seed{seed}"
+            workdir = Path(cfg.cache_dir) / "finetune" / key / spec.name.replace(":", "_") / run
+            identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
+            on_epoch = _epoch_logger(f"finetune {embedder.name}/{spec.name}/{run}") if progress else None
+            result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch)
+            seconds += result.seconds
+            skipped.update(result.skipped)
+            per_round.setdefault(round_name, []).append(result.test_metric)
+            curves[run] = result.history
+            if ctx.is_main:
+                test = [c for c in data.test if c.clip_id not in result.skipped]
+                targets = (np.stack([c.target for c in test]).astype(np.float32) if spec.multilabel
+                           else np.array([int(c.target) for c in test], dtype=np.int64))
+                arrays = {"clip_ids": np.array([c.clip_id for c in test], dtype=str), "targets": targets,
+                          "scores": result.scores}
+                if test and test[0].mask is not None:
+                    arrays["mask"] = np.stack([c.mask for c in test]).astype(np.float32)
+                atomic_savez(result_dir / spec.name.replace(":", "_") / f"{run}.npz", **arrays)
+    if spec.protocol == "folds":
+        values = [float(np.mean(v)) for v in per_round.values()]
+    else:
+        values = [float(v) for v in next(iter(per_round.values()))]
+    params_m, gmacs = model_complexity(embedder)
+    weights = embedder.describe().get("weights", {})
+    config = {"finetune_preset": cfg.finetune_preset, "recipe": recipe.name, "recipe_source": recipe.source,
+              "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
+              "processes": ctx.world_size}
+    row = _result_row(cfg, embedder, spec, "finetune", values, per_round, params_m, gmacs, weights, seconds, config)
+    row["seeds"] = list(seeds)
+    row["curves"] = curves
+    if ctx.is_main:
+        atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
+    return row, skipped
+
+
+def _epoch_logger(label: str):
+    def log(record: dict[str, float]) -> None:
+        logger.info("%s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+
+    return log
 
 
 def _reported_rows(cfg: SuiteConfig) -> list[dict[str, Any]]:

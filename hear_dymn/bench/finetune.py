@@ -1,0 +1,555 @@
+"""The ``finetune`` protocol: full fine-tuning with EfficientAT's recipes, resumable, and data-parallel under torchrun.
+
+One run = (network, task round, seed, recipe). It trains the whole network with a new classifier layer
+(``reset_classifier``: only ``classifier.5``, the head's last linear layer, is new), evaluates the validation split
+after every epoch when there is one, and returns the test-split scores of the best epoch (or of the last epoch
+when the task has no validation split).
+
+Resumability: after every epoch ``<workdir>/last.pt`` is written atomically with the model, optimizer and
+scheduler state, the epoch, the training history and the best-so-far record; the best weights go to ``best.pt``.
+A killed run started again with the same arguments continues after the last finished epoch and ends with the
+same numbers as an uninterrupted run: all randomness (shuffling, augmentation, mixup, dropout) is drawn from
+generators seeded by (seed, epoch, position), never from leftover global state. A finished run leaves
+``result.npz`` and is not trained again. ``fingerprint.json`` guards against resuming with other settings.
+
+Data parallelism: when the process group is initialised (``torchrun``; see :func:`init_distributed`), every
+process trains on its share of each global batch (``batch_size`` samples, split by position) with
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); rank 0 evaluates, writes checkpoints and results, and
+the others wait. The same global batches and the same per-sample augmentation are drawn whatever the number of
+processes, so runs with 1 and N processes differ only through BatchNorm statistics (computed per process) and
+float summation order. On CUDA training uses float16 autocast with a gradient scaler.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..frontend import MelFrontend, kaldi_mel_bank
+from ..models.base import AudioMobileNet
+from .atomic import atomic_savez, atomic_torch_save, atomic_write_text
+from .audio import AudioReadError, read_audio
+from .metrics import METRICS
+from .recipes import FinetuneRecipe
+from .tasks.base import Clip, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+MIN_EVAL_SECONDS = 1.0  # shorter evaluation clips are zero-padded so the network sees at least 100 frames
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# distributed context
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: str = "cpu") -> DistContext:
+    """Join the process group that ``torchrun`` describes in the environment, or run alone.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with ``device="cuda"`` each process takes the
+    GPU ``LOCAL_RANK`` and uses nccl, otherwise gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext(device=device)
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    if device.startswith("cuda"):
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world_size, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across processes and Python runs)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _fit_length(wave: np.ndarray, length: int, crop: str, rng: np.random.Generator | None) -> np.ndarray:
+    if len(wave) < length:
+        return np.pad(wave, (0, length - len(wave)))
+    if len(wave) == length:
+        return wave
+    offset = int(rng.integers(0, len(wave) - length + 1)) if crop == "random" and rng is not None else 0
+    return wave[offset:offset + length]
+
+
+class ClipAudio:
+    """Decoded clips of one split, read once and kept in memory (miniatures, ESC-50) or read on demand."""
+
+    def __init__(self, clips: Sequence[Clip], sample_rate: int, keep_in_memory: bool = True) -> None:
+        self.clips = list(clips)
+        self.sample_rate = sample_rate
+        self.keep = keep_in_memory
+        self._waves: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def wave(self, index: int) -> np.ndarray:
+        if index in self._waves:
+            return self._waves[index]
+        wave = read_audio(self.clips[index].path, self.sample_rate)
+        if self.keep:
+            self._waves[index] = wave
+        return wave
+
+
+def readable_clips(clips: Sequence[Clip], sample_rate: int) -> tuple[list[Clip], dict[str, str]]:
+    """Split ``clips`` into those that decode and a ``{clip_id: reason}`` record of those that do not."""
+    good, skipped = [], {}
+    for clip in clips:
+        try:
+            read_audio(clip.path, sample_rate)
+        except AudioReadError as err:
+            skipped[clip.clip_id] = err.reason if hasattr(err, "reason") else str(err)
+            logger.warning("skipping unreadable file %s: %s", clip.path, err)
+            continue
+        good.append(clip)
+    return good, skipped
+
+
+def _targets(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
+    if spec.multilabel:
+        return np.stack([c.target.astype(np.float32) for c in clips])
+    return np.eye(spec.num_classes, dtype=np.float32)[[int(c.target) for c in clips]]
+
+
+def _masks(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray | None:
+    if clips and clips[0].mask is not None:
+        return np.stack([c.mask.astype(np.float32) for c in clips])
+    return None
+
+
+class TrainingBatches:
+    """Deterministic augmented training batches: the same global batches for any number of processes."""
+
+    def __init__(self, audio: ClipAudio, targets: np.ndarray, masks: np.ndarray | None, recipe: FinetuneRecipe,
+                 seed: int) -> None:
+        self.audio, self.targets, self.masks, self.recipe, self.seed = audio, targets, masks, recipe, seed
+        self.length = int(round(recipe.clip_seconds * audio.sample_rate))
+
+    def global_batches(self, epoch: int, world_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(positions in the epoch's order, clip indices) per global batch."""
+        order = np.random.default_rng(_seed(self.seed, epoch, "order")).permutation(len(self.audio))
+        size = self.recipe.batch_size
+        batches = [(np.arange(i, min(i + size, len(order))), order[i:i + size]) for i in range(0, len(order), size)]
+        # every process needs at least two samples (BatchNorm in training mode)
+        return [(p, b) for p, b in batches if len(b) >= 2 * world_size]
+
+    @staticmethod
+    def shares(positions: np.ndarray, indices: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Cut a batch into ``parts`` shares by position (share k holds positions k, k + parts, ...)."""
+        return [(positions[k::parts], indices[k::parts]) for k in range(parts)]
+
+    def _one(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        r = self.recipe
+        wave = self.audio.wave(index)
+        if r.gain_db:
+            wave = wave * np.float32(10 ** (int(rng.integers(-r.gain_db, r.gain_db)) / 20))
+        wave = _fit_length(wave, self.length, r.train_crop, rng)
+        if r.roll_samples:
+            wave = np.roll(wave, int(rng.integers(-r.roll_samples, r.roll_samples + 1)))
+        return wave.astype(np.float32, copy=False)
+
+    def sample(self, epoch: int, position: int, index: int) -> dict[str, Any]:
+        """Augmented waveform, soft target, mask and mixup weight of the sample at ``position`` of the epoch."""
+        r = self.recipe
+        rng = np.random.default_rng(_seed(self.seed, epoch, position, "sample"))
+        wave, target = self._one(index, rng), self.targets[index]
+        if r.wavmix_prob and rng.random() < r.wavmix_prob:
+            other = int(rng.integers(len(self.audio)))
+            lam = rng.beta(r.wavmix_beta, r.wavmix_beta)
+            lam = max(lam, 1.0 - lam)
+            x1, x2 = wave - wave.mean(), self._one(other, rng)
+            x2 = x2 - x2.mean()
+            wave = (lam * x1 + (1.0 - lam) * x2).astype(np.float32)
+            wave = wave - wave.mean()
+            target = lam * target + (1.0 - lam) * self.targets[other]
+        mixup = 1.0
+        if r.mixup_alpha:
+            mixup = rng.beta(r.mixup_alpha, r.mixup_alpha)
+            mixup = max(mixup, 1.0 - mixup)
+        return {"wave": wave, "target": target.astype(np.float32),
+                "mask": None if self.masks is None else self.masks[index], "lam": np.float32(mixup)}
+
+    def batch(self, epoch: int, batch_start: int, positions: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
+        """One process's share of the global batch starting at ``batch_start`` of the epoch's order.
+
+        Mixup partners are drawn within the share (spectrogram mixup happens on each process); the mel jitter is
+        drawn once per global batch, as the reference draws it once per batch.
+        """
+        items = [self.sample(epoch, int(p), int(i)) for p, i in zip(positions, indices)]
+        stack = {key: None if items[0][key] is None else torch.from_numpy(np.stack([it[key] for it in items]))
+                 for key in ("wave", "target", "mask", "lam")}
+        mixing = bool(self.recipe.mixup_alpha)
+        perm = np.random.default_rng(_seed(self.seed, epoch, int(positions[0]), "partners")).permutation(len(items))
+        return {**stack, "lam": stack["lam"] if mixing else None, "perm": torch.from_numpy(perm) if mixing else None,
+                "mel_seed": _seed(self.seed, epoch, batch_start, "mel"),
+                "dropout_seed": _seed(self.seed, epoch, int(positions[0]), "dropout")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model pieces
+
+
+class TrainingFrontend(nn.Module):
+    """The eval frontend plus the reference's training-time mel jitter and optional masking."""
+
+    def __init__(self, recipe: FinetuneRecipe) -> None:
+        super().__init__()
+        self.frontend = MelFrontend()
+        self.recipe = recipe
+
+    def forward(self, wave: Tensor, seed: int | None = None) -> Tensor:
+        if not self.training or seed is None:
+            return self.frontend(wave)
+        r, cfg = self.recipe, self.frontend.cfg
+        rng = np.random.default_rng(seed)
+        fmin = cfg.fmin + int(rng.integers(r.fmin_aug_range)) if r.fmin_aug_range else cfg.fmin
+        fmax = cfg.fmax + r.fmax_aug_range // 2 - int(rng.integers(r.fmax_aug_range)) if r.fmax_aug_range \
+            else cfg.fmax
+        mel = self.frontend(wave, mel_bank=kaldi_mel_bank(cfg, fmin, fmax).to(wave.device))
+        if r.freqm or r.timem:
+            mel = _mask(mel, r.freqm, r.timem, rng)
+        return mel
+
+
+def _mask(mel: Tensor, freqm: int, timem: int, rng: np.random.Generator) -> Tensor:
+    """One frequency and one time mask per example (value 0 in the normalised domain, i.e. before the shift)."""
+    mel = mel.clone()
+    fill = 4.5 / 5.0  # where log(mel) = 0 lands after the (x + 4.5) / 5 normalisation
+    for i in range(mel.shape[0]):
+        for width, axis in ((freqm, 2), (timem, 3)):
+            if width:
+                size = int(rng.integers(0, width + 1))
+                start = int(rng.integers(0, max(1, mel.shape[axis] - size + 1)))
+                mel[i].narrow(axis - 1, start, size).fill_(fill)
+    return mel
+
+
+def _loss(logits: Tensor, target: Tensor, mask: Tensor | None, kind: str) -> Tensor:
+    if kind == "ce":
+        return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if mask is not None:
+        loss = loss * mask
+    return loss.mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict(network: nn.Module, frontend: nn.Module, audio: ClipAudio, recipe: FinetuneRecipe, device: str,
+            batch_size: int = 16) -> np.ndarray:
+    """Logits ``(n_clips, n_classes)`` for a split; clips are cut/padded as the recipe says, or whole."""
+    network.eval()
+    frontend.eval()
+    length = int(round(recipe.clip_seconds * audio.sample_rate))
+    shortest = int(MIN_EVAL_SECONDS * audio.sample_rate)
+    waves = []
+    for i in range(len(audio)):
+        wave = audio.wave(i)
+        wave = _fit_length(wave, length, "start", None) if recipe.eval_length == "clip" else wave
+        waves.append(np.pad(wave, (0, max(0, shortest - len(wave)))))
+    out: list[np.ndarray | None] = [None] * len(waves)
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(waves):
+        by_length.setdefault(len(w), []).append(i)  # equal lengths batch together; no padding changes the result
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            x = torch.from_numpy(np.stack([waves[i] for i in chunk])).to(device)
+            logits = network(frontend(x)).float().cpu().numpy()
+            for i, row in zip(chunk, logits):
+                out[i] = row
+    return np.stack(out)
+
+
+def _activate(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    t = torch.from_numpy(logits)
+    return (torch.sigmoid(t) if multilabel else torch.softmax(t, dim=-1)).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class FinetuneResult:
+    scores: np.ndarray  # activated test predictions (softmax / sigmoid)
+    test_metric: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    seconds: float
+    skipped: dict[str, str] = field(default_factory=dict)
+    resumed_from_epoch: int | None = None
+
+
+@dataclass
+class FinetuneData:
+    train: list[Clip]
+    valid: list[Clip] | None
+    test: list[Clip]
+
+
+def fingerprint(recipe: FinetuneRecipe, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"recipe": asdict(recipe), "seed": seed, **extra}
+
+
+def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, recipe: FinetuneRecipe, seed: int,
+                 workdir: Path, ctx: DistContext | None = None, identity: dict[str, Any] | None = None,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None, micro_batches: int = 1
+                 ) -> FinetuneResult:
+    """Fine-tune a copy of ``network`` on ``data`` and return the test predictions (see the module docstring).
+
+    Args:
+        network: Pretrained network (left unchanged; a copy is trained).
+        spec: The task (classes, multilabel, main metric).
+        data: Train / optional valid / test clips.
+        recipe: Training settings.
+        seed: Seed for the new head, shuffling, augmentation and dropout.
+        workdir: Where checkpoints and the final result live; reusing it resumes.
+        ctx: Distributed context (:func:`init_distributed`); alone when None.
+        identity: Extra items (model, weights, task round) that must match to resume from ``workdir``.
+        on_epoch: Called on rank 0 with each epoch's history record.
+        micro_batches: Gradient accumulation: each process's share of a global batch is cut into this many
+            micro-batches (by position, as shares are cut across processes), with one optimizer step per global
+            batch. One process with ``micro_batches=N`` computes what N data-parallel processes compute (only the
+            first micro-batch updates BatchNorm running statistics, as DDP keeps rank 0's), up to float
+            summation order; it also fits large batches into small accelerators.
+    """
+    ctx = ctx or DistContext()
+    workdir = Path(workdir)
+    metric = METRICS[spec.main_metric]
+    started = time.perf_counter()
+    sr = 32000
+    train, skipped = readable_clips(data.train, sr)
+    valid, skipped_valid = readable_clips(data.valid, sr) if data.valid else (None, {})
+    test, skipped_test = readable_clips(data.test, sr)
+    skipped.update(skipped_valid)
+    skipped.update(skipped_test)
+    if len(train) < 2 * ctx.world_size:
+        raise ValueError(f"{spec.name}: {len(train)} readable training clips; fine-tuning needs at least "
+                         f"{2 * ctx.world_size}")
+
+    if micro_batches < 1:
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+    finger = fingerprint(recipe, seed, {**(identity or {}), "micro_batches": micro_batches})
+    done = workdir / "result.npz"
+    if _matches(workdir, finger) and done.exists():
+        return _load_result(done, skipped)
+
+    torch.manual_seed(_seed(seed, "head"))
+    model = copy.deepcopy(network).float()
+    model.reset_classifier(spec.num_classes)
+    model.to(ctx.device)
+    frontend = TrainingFrontend(recipe).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipe.lr_multiplier)
+    use_amp = ctx.device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    history: list[dict[str, float]] = []
+    best = {"epoch": -1, "metric": -float("inf")}
+    start_epoch, resumed = 0, None
+    last = workdir / "last.pt"
+    if last.exists() and _matches(workdir, finger):
+        state = torch.load(last, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        history, best = list(state["history"]), dict(state["best"])
+        start_epoch = resumed = int(state["epoch"]) + 1
+        logger.info("%s: resuming after epoch %d from %s", spec.name, start_epoch - 1, last)
+    elif ctx.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workdir / "fingerprint.json", json.dumps(finger, indent=2, sort_keys=True, default=str))
+    ctx.barrier()
+
+    train_model: nn.Module = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[torch.device(ctx.device)] if use_amp else None)
+
+    batches = TrainingBatches(ClipAudio(train, sr), _targets(train, spec), _masks(train, spec), recipe, seed)
+    valid_audio = ClipAudio(valid, sr) if valid else None
+    for epoch in range(start_epoch, recipe.epochs):
+        train_model.train()
+        frontend.train()
+        losses = []
+        parts = ctx.world_size * micro_batches
+        for positions, indices in batches.global_batches(epoch, parts):
+            shares = batches.shares(positions, indices, parts)[ctx.rank::ctx.world_size]
+            micro = [batches.batch(epoch, int(positions[0]), p, i) for p, i in shares]
+            losses.append(_train_step(train_model, frontend, optimizer, scaler, micro, recipe, ctx.device, use_amp))
+        record = {"epoch": epoch, "train_loss": _mean_over_processes(losses, ctx),
+                  "lr": optimizer.param_groups[0]["lr"]}
+        scheduler.step()
+        if ctx.is_main:
+            if valid_audio is not None:
+                logits = predict(model, frontend, valid_audio, recipe, ctx.device)
+                value = metric(_targets_for_metric(valid, spec), _activate(logits, spec.multilabel),
+                               _masks(valid, spec))
+                record["valid_" + spec.main_metric] = float(value)
+                if value > best["metric"]:
+                    best = {"epoch": epoch, "metric": float(value)}
+                    atomic_torch_save(workdir / "best.pt", model.state_dict())
+            history.append(record)
+            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "history": history, "best": best}
+            if use_amp:
+                state["scaler"] = scaler.state_dict()
+            atomic_torch_save(last, state)
+            if on_epoch is not None:
+                on_epoch(record)
+        ctx.barrier()
+
+    result = None
+    if ctx.is_main:
+        if valid_audio is not None and (workdir / "best.pt").exists():
+            model.load_state_dict(torch.load(workdir / "best.pt", map_location=ctx.device, weights_only=True))
+        else:
+            best = {"epoch": recipe.epochs - 1, "metric": float("nan")}
+        test_audio = ClipAudio(test, sr)
+        scores = _activate(predict(model, frontend, test_audio, recipe, ctx.device), spec.multilabel)
+        value = float(metric(_targets_for_metric(test, spec), scores, _masks(test, spec)))
+        history = history or []
+        result = FinetuneResult(scores=scores, test_metric=value, best_epoch=int(best["epoch"]), history=history,
+                                seconds=time.perf_counter() - started, skipped=skipped, resumed_from_epoch=resumed)
+        atomic_savez(done, scores=scores, clip_ids=np.array([c.clip_id for c in test], dtype=str),
+                     meta_json=np.array(json.dumps({"test_metric": value, "best_epoch": result.best_epoch,
+                                                    "history": history, "seconds": result.seconds})))
+    ctx.barrier()
+    if result is None:  # other ranks read what rank 0 wrote
+        result = _load_result(done, skipped)
+    return result
+
+
+def _mean_over_processes(values: list[float], ctx: DistContext) -> float:
+    """Mean of per-step losses over all processes (each process saw its own share of every batch)."""
+    if not values:
+        return float("nan")
+    total = torch.tensor([float(np.sum(values)), float(len(values))], dtype=torch.float64,
+                         device=ctx.device if ctx.distributed else "cpu")  # nccl reduces CUDA tensors only
+    if ctx.distributed:
+        torch.distributed.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def _train_step(model: nn.Module, frontend: TrainingFrontend, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, micro: list[dict[str, Any]], recipe: FinetuneRecipe, device: str,
+                use_amp: bool) -> float:
+    """One optimizer step over this process's micro-batches; returns the mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for m, b in enumerate(micro):
+        wave, target = b["wave"].to(device), b["target"].to(device)
+        mask = None if b["mask"] is None else b["mask"].to(device)
+        x = frontend(wave, seed=b["mel_seed"])
+        torch.manual_seed(b["dropout_seed"])  # dropout masks follow the samples, not the process layout
+        if b["lam"] is not None:
+            lam, perm = b["lam"].to(device), b["perm"].to(device)
+            x = x * lam.view(-1, 1, 1, 1) + x[perm] * (1.0 - lam.view(-1, 1, 1, 1))
+            target = target * lam.view(-1, 1) + target[perm] * (1.0 - lam.view(-1, 1))
+        sync = m == len(micro) - 1 or not hasattr(model, "no_sync")  # DDP: all-reduce once, after the last
+        with _running_stats_frozen(model, m > 0), (model.no_sync() if not sync else contextlib.nullcontext()):
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+            loss = _loss(logits.float(), target, mask, recipe.loss)
+            scaler.scale(loss / len(micro)).backward()
+        total += float(loss.detach())
+    scaler.step(optimizer)
+    scaler.update()
+    return total / len(micro)
+
+
+class _running_stats_frozen:
+    """Momentum 0 for every BatchNorm while active: the batch still normalises itself, running stats stay put."""
+
+    def __init__(self, model: nn.Module, active: bool) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if active else []
+        self.saved: list[float | None] = []
+
+    def __enter__(self) -> None:
+        self.saved = [m.momentum for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum in zip(self.norms, self.saved):
+            m.momentum = momentum
+
+
+def _targets_for_metric(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
+    if spec.multilabel:
+        return np.stack([c.target.astype(np.float32) for c in clips])
+    return np.array([int(c.target) for c in clips], dtype=np.int64)
+
+
+def _matches(workdir: Path, finger: dict[str, Any]) -> bool:
+    path = workdir / "fingerprint.json"
+    if not path.exists():
+        return False
+    stored = json.loads(path.read_text())
+    current = json.loads(json.dumps(finger, sort_keys=True, default=str))
+    if stored != current:
+        raise RuntimeError(f"{workdir} holds a fine-tuning run with other settings; remove it or use another "
+                           f"cache directory (stored: {sorted(k for k in stored if stored[k] != current.get(k))} "
+                           "differ)")
+    return True
+
+
+def _load_result(path: Path, skipped: dict[str, str]) -> FinetuneResult:
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta_json"]))
+        scores = data["scores"]
+    return FinetuneResult(scores=scores, test_metric=float(meta["test_metric"]), best_epoch=int(meta["best_epoch"]),
+                          history=list(meta["history"]), seconds=float(meta["seconds"]), skipped=skipped)
