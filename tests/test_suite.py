@@ -136,3 +136,14 @@ def test_finetune_protocol_in_the_suite(tmp_path, offline) -> None:
     assert "curves" not in (out / "leaderboard.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="unknown protocol"):
         run_suite(suite_config("quick", protocols=("finetuning",), out_dir=str(tmp_path / "x")), progress=False)
+
+
+def test_torchrun_runs_only_the_finetune_protocol(tmp_path, monkeypatch) -> None:
+    from hear_dymn.bench import suite
+    from hear_dymn.bench.finetune import DistContext
+
+    monkeypatch.setattr(suite, "init_distributed", lambda device: DistContext(rank=0, world_size=2))
+    cfg = suite_config("quick", protocols=("linear", "finetune"), out_dir=str(tmp_path / "r"),
+                       cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"under torchrun \(2 processes\) only --protocols finetune.*linear"):
+        run_suite(cfg, progress=False)

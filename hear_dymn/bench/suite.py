@@ -202,6 +202,12 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
     _check_backend(cfg)  # before any work: an unknown backend or a missing Ray fails at once
     _check_protocols(cfg)
     ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
+    probes = [p for p in cfg.protocols if p != "finetune"]
+    if ctx.distributed and probes:
+        # the other processes would wait idle at a barrier, and time out, while rank 0 embeds and probes
+        raise ValueError(f"under torchrun ({ctx.world_size} processes) only --protocols finetune runs; run "
+                         f"{', '.join(probes)} afterwards in a plain `python eval/run_suite.py` with the same "
+                         "--cache-dir: it reads the finished fine-tuning runs and writes the combined report")
     out_dir = Path(cfg.out_dir)
     cache = EmbeddingCache(Path(cfg.cache_dir))
     data_roots = dict(cfg.data)
@@ -220,7 +226,6 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     skipped: dict[str, dict[str, str]] = {}
     clip_counts: dict[str, dict[str, int]] = {}
-    probes = [p for p in cfg.protocols if p != "finetune"]
     extraction = ExtractionStats()
     if probes and ctx.is_main:
         extraction = _extract_embeddings(cfg, cache, embedders, tasks, progress)
