@@ -244,3 +244,21 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(esc50_root, 
     np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-4)
     assert float(a["metric"]) == float(b["metric"])
     assert (tmp_path / "two" / "result.npz").exists()
+
+
+def test_openmic_wavmix_binarises_targets_and_unites_masks(tmp_path) -> None:
+    root = write_miniature("openmic", tmp_path / "openmic", seed=0)
+    task = get_task("openmic", root)
+    clips = task.clips("train")
+    targets = np.stack([c.target for c in clips]).astype(np.float32)
+    masks = np.stack([c.mask for c in clips]).astype(np.float32)
+    recipe = replace(recipe_for("openmic", "dymn04", True, preset="quick"), clip_seconds=1.0, wavmix_prob=1.0)
+    batches = TrainingBatches(ClipAudio(clips, 32000), targets, masks, recipe, seed=0)
+    widened = 0
+    for position in range(len(clips)):
+        item = batches.sample(0, position, position)
+        assert set(np.unique(item["target"])) <= {0.0, 1.0}
+        assert np.all(item["mask"] >= masks[position])  # the clip's own annotations stay annotated
+        assert np.all(item["target"] <= item["mask"])  # a positive label is always an annotated one
+        widened += int(np.any(item["mask"] > masks[position]))
+    assert widened > 0  # some partners added annotations

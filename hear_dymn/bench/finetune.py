@@ -48,6 +48,7 @@ from .tasks.base import Clip, TaskSpec
 
 logger = logging.getLogger(__name__)
 
+TRAINING_VERSION = 2  # bump when training semantics change: finished runs of other versions are not reused
 MIN_EVAL_SECONDS = 1.0  # shorter evaluation clips are zero-padded so the network sees at least 100 frames
 
 
@@ -199,6 +200,7 @@ class TrainingBatches:
         r = self.recipe
         rng = np.random.default_rng(_seed(self.seed, epoch, position, "sample"))
         wave, target = self._one(index, rng), self.targets[index]
+        mask = None if self.masks is None else self.masks[index]
         if r.wavmix_prob and rng.random() < r.wavmix_prob:
             other = int(rng.integers(len(self.audio)))
             lam = rng.beta(r.wavmix_beta, r.wavmix_beta)
@@ -207,13 +209,18 @@ class TrainingBatches:
             x2 = x2 - x2.mean()
             wave = (lam * x1 + (1.0 - lam) * x2).astype(np.float32)
             wave = wave - wave.mean()
-            target = lam * target + (1.0 - lam) * self.targets[other]
+            if mask is None:
+                target = lam * target + (1.0 - lam) * self.targets[other]
+            else:  # as the reference's OpenMIC wavmix: unannotated labels count 0, mix, binarise, union of masks
+                other_mask = self.masks[other]
+                mixed = lam * target * mask + (1.0 - lam) * self.targets[other] * other_mask
+                target = (mixed > 0.5).astype(np.float32)
+                mask = np.maximum(mask, other_mask)
         mixup = 1.0
         if r.mixup_alpha:
             mixup = rng.beta(r.mixup_alpha, r.mixup_alpha)
             mixup = max(mixup, 1.0 - mixup)
-        return {"wave": wave, "target": target.astype(np.float32),
-                "mask": None if self.masks is None else self.masks[index], "lam": np.float32(mixup)}
+        return {"wave": wave, "target": target.astype(np.float32), "mask": mask, "lam": np.float32(mixup)}
 
     def batch(self, epoch: int, batch_start: int, positions: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
         """One process's share of the global batch starting at ``batch_start`` of the epoch's order.
@@ -379,7 +386,8 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
 
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-    finger = fingerprint(recipe, seed, {**(identity or {}), "micro_batches": micro_batches})
+    finger = fingerprint(recipe, seed, {**(identity or {}), "micro_batches": micro_batches,
+                                        "training_version": TRAINING_VERSION})
     done = workdir / "result.npz"
     if _matches(workdir, finger) and done.exists():
         return _load_result(done, skipped)

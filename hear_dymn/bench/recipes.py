@@ -17,7 +17,8 @@ three scripts:
 * DyConv temperature stays at the checkpoint's value (``pretrain_final_temp`` 1.0).
 * ESC-50: 5 s clips (padded or cut at the end), cross-entropy on soft targets, evaluated on the test fold after each
   epoch; FSD50K: random 10 s crops for training, BCE, validation on ``valid``; OpenMIC: the first 10 s, BCE masked
-  by the annotation mask (averaged over all entries, masked ones counting as zero).
+  by the annotation mask (averaged over all entries, masked ones counting as zero); its wavmix zeroes unannotated
+  labels, mixes, binarises at 0.5 and takes the union of the two masks (``datasets/openmic.py`` L74-97).
 
 The reference keeps the last epoch. Here the reported test result comes from the epoch with the best validation
 metric when the task has a validation split (FSD50K, OpenMIC), and from the last epoch otherwise (ESC-50's folds).

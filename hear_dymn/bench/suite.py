@@ -30,7 +30,7 @@ from ..models.random_weights import random_state_dict
 from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
 from .atomic import atomic_savez, atomic_write_text
 from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBaseline, embedder_key
-from .finetune import DistContext, FinetuneData, init_distributed, run_finetune
+from .finetune import TRAINING_VERSION, DistContext, FinetuneData, init_distributed, run_finetune
 from .recipes import FINETUNE_PRESETS, recipe_for
 from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
 from .tasks import Task, get_task
@@ -420,7 +420,8 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     for seed in seeds:
         for round_name, data in finetune_rounds(task):
             run = f"{round_name}_seed{seed}"
-            workdir = Path(cfg.cache_dir) / "finetune" / key / spec.name.replace(":", "_") / run
+            workdir = (Path(cfg.cache_dir) / "finetune" / key / spec.name.replace(":", "_")
+                       / f"v{TRAINING_VERSION}" / run)
             identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
             on_epoch = _epoch_logger(f"finetune {embedder.name}/{spec.name}/{run}") if progress else None
             result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch)
