@@ -43,6 +43,7 @@ from ..models.base import AudioMobileNet
 from .atomic import atomic_savez, atomic_torch_save, atomic_write_text
 from .audio import AudioReadError, read_audio
 from .metrics import METRICS
+from .probes import activate_scores
 from .recipes import FinetuneRecipe
 from .tasks.base import Clip, TaskSpec
 
@@ -118,13 +119,14 @@ def _fit_length(wave: np.ndarray, length: int, crop: str, rng: np.random.Generat
 
 
 class ClipAudio:
-    """Decoded clips of one split, read once and kept in memory (miniatures, ESC-50) or read on demand."""
+    """Decoded clips of one split, kept in memory once read (miniatures, ESC-50) or read on demand."""
 
-    def __init__(self, clips: Sequence[Clip], sample_rate: int, keep_in_memory: bool = True) -> None:
+    def __init__(self, clips: Sequence[Clip], sample_rate: int, keep_in_memory: bool = True,
+                 waves: dict[int, np.ndarray] | None = None) -> None:
         self.clips = list(clips)
         self.sample_rate = sample_rate
         self.keep = keep_in_memory
-        self._waves: dict[int, np.ndarray] = {}
+        self._waves: dict[int, np.ndarray] = dict(waves or {})
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -138,18 +140,19 @@ class ClipAudio:
         return wave
 
 
-def readable_clips(clips: Sequence[Clip], sample_rate: int) -> tuple[list[Clip], dict[str, str]]:
-    """Split ``clips`` into those that decode and a ``{clip_id: reason}`` record of those that do not."""
-    good, skipped = [], {}
+def load_split(clips: Sequence[Clip], sample_rate: int) -> tuple[ClipAudio, dict[str, str]]:
+    """Decode every clip once: the readable ones (kept in memory) and a ``{clip_id: reason}`` record of the rest."""
+    good, waves, skipped = [], {}, {}
     for clip in clips:
         try:
-            read_audio(clip.path, sample_rate)
+            wave = read_audio(clip.path, sample_rate)
         except AudioReadError as err:
             skipped[clip.clip_id] = err.reason if hasattr(err, "reason") else str(err)
             logger.warning("skipping unreadable file %s: %s", clip.path, err)
             continue
+        waves[len(good)] = wave
         good.append(clip)
-    return good, skipped
+    return ClipAudio(good, sample_rate, waves=waves), skipped
 
 
 def _targets(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
@@ -158,7 +161,7 @@ def _targets(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
     return np.eye(spec.num_classes, dtype=np.float32)[[int(c.target) for c in clips]]
 
 
-def _masks(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray | None:
+def clip_masks(clips: Sequence[Clip]) -> np.ndarray | None:
     if clips and clips[0].mask is not None:
         return np.stack([c.mask.astype(np.float32) for c in clips])
     return None
@@ -317,11 +320,6 @@ def predict(network: nn.Module, frontend: nn.Module, audio: ClipAudio, recipe: F
     return np.stack(out)
 
 
-def _activate(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    t = torch.from_numpy(logits)
-    return (torch.sigmoid(t) if multilabel else torch.softmax(t, dim=-1)).numpy()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the run
 
@@ -375,9 +373,11 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
     metric = METRICS[spec.main_metric]
     started = time.perf_counter()
     sr = 32000
-    train, skipped = readable_clips(data.train, sr)
-    valid, skipped_valid = readable_clips(data.valid, sr) if data.valid else (None, {})
-    test, skipped_test = readable_clips(data.test, sr)
+    train_audio, skipped = load_split(data.train, sr)
+    valid_audio, skipped_valid = load_split(data.valid, sr) if data.valid else (None, {})
+    test_audio, skipped_test = load_split(data.test, sr)
+    train, test = train_audio.clips, test_audio.clips
+    valid = valid_audio.clips if valid_audio is not None else None
     skipped.update(skipped_valid)
     skipped.update(skipped_test)
     if len(train) < 2 * ctx.world_size:
@@ -427,8 +427,7 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
 
         train_model = DistributedDataParallel(model, device_ids=[torch.device(ctx.device)] if use_amp else None)
 
-    batches = TrainingBatches(ClipAudio(train, sr), _targets(train, spec), _masks(train, spec), recipe, seed)
-    valid_audio = ClipAudio(valid, sr) if valid else None
+    batches = TrainingBatches(train_audio, _targets(train, spec), clip_masks(train), recipe, seed)
     for epoch in range(start_epoch, recipe.epochs):
         train_model.train()
         frontend.train()
@@ -444,8 +443,8 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
         if ctx.is_main:
             if valid_audio is not None:
                 logits = predict(model, frontend, valid_audio, recipe, ctx.device)
-                value = metric(_targets_for_metric(valid, spec), _activate(logits, spec.multilabel),
-                               _masks(valid, spec))
+                value = metric(metric_targets(valid, spec),
+                               activate_scores(torch.from_numpy(logits), spec.multilabel), clip_masks(valid))
                 record["valid_" + spec.main_metric] = float(value)
                 if value > best["metric"]:
                     best = {"epoch": epoch, "metric": float(value)}
@@ -466,9 +465,9 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
             model.load_state_dict(torch.load(workdir / "best.pt", map_location=ctx.device, weights_only=True))
         else:
             best = {"epoch": recipe.epochs - 1, "metric": float("nan")}
-        test_audio = ClipAudio(test, sr)
-        scores = _activate(predict(model, frontend, test_audio, recipe, ctx.device), spec.multilabel)
-        value = float(metric(_targets_for_metric(test, spec), scores, _masks(test, spec)))
+        scores = activate_scores(torch.from_numpy(predict(model, frontend, test_audio, recipe, ctx.device)),
+                                 spec.multilabel)
+        value = float(metric(metric_targets(test, spec), scores, clip_masks(test)))
         history = history or []
         result = FinetuneResult(scores=scores, test_metric=value, best_epoch=int(best["epoch"]), history=history,
                                 seconds=time.perf_counter() - started, skipped=skipped, resumed_from_epoch=resumed)
@@ -536,7 +535,8 @@ class _running_stats_frozen:
             m.momentum = momentum
 
 
-def _targets_for_metric(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
+def metric_targets(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
+    """Targets as the metrics take them: class indices, or multi-hot rows for multilabel tasks."""
     if spec.multilabel:
         return np.stack([c.target.astype(np.float32) for c in clips])
     return np.array([int(c.target) for c in clips], dtype=np.int64)

@@ -649,7 +649,8 @@ def build_mlp(n_in: int, n_out: int, point: Mapping[str, Any], cfg: MLPProbeConf
     return nn.Sequential(*layers)
 
 
-def _activate(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
+def activate_scores(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
+    """Softmax (multiclass) or sigmoid (multilabel) scores as float32 numpy."""
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
     return probs.float().cpu().numpy()
 
@@ -950,7 +951,7 @@ def _train_stack(
             if not due and run.state is not None:
                 continue  # the final-epoch check is only for models that were never validated
             valid_loss = float(_stack_loss(logits[row : row + 1], valid.y, valid.mask, multilabel)[0])
-            value = float(score_fn(valid.data.y, _activate(logits[row].t(), multilabel), valid.data.mask))
+            value = float(score_fn(valid.data.y, activate_scores(logits[row].t(), multilabel), valid.data.mask))
             run.history.append({"config": index, "epoch": epoch, "train_loss": float(loss_sum[row]) / max(seen, 1),
                                 "valid_loss": valid_loss, "valid_metric": value})
             score = _to_maximise(value, score_fn)
@@ -1055,7 +1056,7 @@ def fit_mlp_probe(
         raise RuntimeError("the MLP probe produced no validated model")
 
     test_x = torch.from_numpy(scaler(test.x)).to(device)
-    scores = _activate(_eval_logits(best_run.state, test_x, cfg)[0].t(), multilabel)
+    scores = activate_scores(_eval_logits(best_run.state, test_x, cfg)[0].t(), multilabel)
     test_value = score_fn(test.y, scores, test.mask)
     seconds = time.perf_counter() - start
     selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index, "epochs_run": best_run.epochs_run}

@@ -30,7 +30,8 @@ from ..models.random_weights import random_state_dict
 from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
 from .atomic import atomic_savez, atomic_write_text
 from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBaseline, embedder_key
-from .finetune import TRAINING_VERSION, DistContext, FinetuneData, init_distributed, run_finetune
+from .finetune import (TRAINING_VERSION, DistContext, FinetuneData, clip_masks, init_distributed, metric_targets,
+                       run_finetune)
 from .recipes import FINETUNE_PRESETS, recipe_for
 from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
 from .tasks import Task, get_task
@@ -344,14 +345,18 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
             if test.mask is not None:
                 arrays["mask"] = test.mask
             atomic_savez(result_dir / spec.name.replace(":", "_") / f"{round_name}_seed{seed}.npz", **arrays)
-    if spec.protocol == "folds":  # mean over seeds per fold, then mean +- std over folds
-        values = [float(np.mean(v)) for v in per_round.values()]
-    else:  # mean +- std over seeds
-        values = [float(v) for v in next(iter(per_round.values()))]
+    values = _summary_values(spec, per_round)
     config = {"probe_preset": cfg.linear_preset if protocol == "linear" else cfg.mlp_preset}
     row = _result_row(cfg, embedder, spec, protocol, values, per_round, params_m, gmacs, weights, seconds, config)
     atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
     return row
+
+
+def _summary_values(spec, per_round: dict[str, list[float]]) -> list[float]:
+    """The values a row's mean +- std is taken over: per fold (mean over seeds) for k-fold tasks, else per seed."""
+    if spec.protocol == "folds":
+        return [float(np.mean(v)) for v in per_round.values()]
+    return [float(v) for v in next(iter(per_round.values()))]
 
 
 def _result_row(cfg: SuiteConfig, embedder, spec, protocol: str, values: list[float],
@@ -431,17 +436,13 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
             curves[run] = result.history
             if ctx.is_main:
                 test = [c for c in data.test if c.clip_id not in result.skipped]
-                targets = (np.stack([c.target for c in test]).astype(np.float32) if spec.multilabel
-                           else np.array([int(c.target) for c in test], dtype=np.int64))
-                arrays = {"clip_ids": np.array([c.clip_id for c in test], dtype=str), "targets": targets,
-                          "scores": result.scores}
-                if test and test[0].mask is not None:
-                    arrays["mask"] = np.stack([c.mask for c in test]).astype(np.float32)
+                arrays = {"clip_ids": np.array([c.clip_id for c in test], dtype=str),
+                          "targets": metric_targets(test, spec), "scores": result.scores}
+                mask = clip_masks(test)
+                if mask is not None:
+                    arrays["mask"] = mask
                 atomic_savez(result_dir / spec.name.replace(":", "_") / f"{run}.npz", **arrays)
-    if spec.protocol == "folds":
-        values = [float(np.mean(v)) for v in per_round.values()]
-    else:
-        values = [float(v) for v in next(iter(per_round.values()))]
+    values = _summary_values(spec, per_round)
     params_m, gmacs = model_complexity(embedder)
     weights = embedder.describe().get("weights", {})
     config = {"finetune_preset": cfg.finetune_preset, "recipe": recipe.name, "recipe_source": recipe.source,
