@@ -33,6 +33,8 @@ HELP = {
                        "when --models is set)",
     "seeds": "probe seeds; results are mean +- std",
     "linear_preset": "linear probe preset", "mlp_preset": "MLP probe preset (quick, fast, hear)",
+    "probe_precision": "precision of the MLP probe's matrix products: float32 (hear-eval-kit's) or bfloat16 "
+                       "(faster on CPUs with AMX, see reports/probe_speed.md; scores differ by rounding)",
     "out_dir": "report folder", "cache_dir": "embedding cache and generated miniatures",
     "device": "cpu or cuda",
     "backend": "where embeddings are computed: local (this process) or ray (Ray actors; pip install "
@@ -43,7 +45,7 @@ HELP = {
     "ray_cpus_per_worker": "CPUs per Ray actor, also its torch threads (default 1)",
 }
 TYPES = {"finetune_epochs": int, "ray_workers": int, "ray_gpus_per_worker": float, "ray_cpus_per_worker": float}
-CHOICES = {"backend": ("local", "ray")}
+CHOICES = {"backend": ("local", "ray"), "probe_precision": ("float32", "bfloat16")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

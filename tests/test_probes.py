@@ -322,3 +322,33 @@ def test_fit_mlp_folds_selects_on_the_first_round_only():
     np.testing.assert_array_equal(first.scores, results[0].scores)
     with pytest.raises(ValueError, match="no rounds"):
         fit_mlp_folds([], multilabel=False, metric="accuracy", cfg=cfg)
+
+
+def test_bfloat16_products_round_like_bfloat16_and_stay_close():
+    cfg = replace(QUICK, hidden_layers=(2,), hidden_dim=(64,))
+    members = [(0, {"hidden_layers": 2, "hidden_dim": 64, "dropout": 0.0, "initialization": "xavier_normal"})]
+    params = probes._init_params(members, 32, 5, cfg, seed=0, device=torch.device("cpu"))
+    x = torch.randn(40, 32)
+    full = probes._eval_logits(params, x, cfg)
+    half = probes._eval_logits(params, x.to(torch.bfloat16), replace(cfg, precision="bfloat16"))
+    assert half.dtype == torch.float32
+    diff = (half - full).abs().max() / full.abs().max()
+    # bfloat16 keeps 8 significant bits: products differ from float32 by ~1e-3 relative, not ~1e-7 nor ~1.
+    assert 1e-5 < diff < 3e-2
+
+
+def test_bfloat16_probe_scores_like_float32():
+    train, valid, test = _multiclass(150)
+    bf16 = replace(QUICK, precision="bfloat16")
+    res = fit_mlp_probe(train, valid, test, multilabel=False, metric="accuracy", cfg=bf16, seed=0)
+    assert res.metrics["accuracy"] > 0.95
+    train, valid, test = _multilabel(200, masked=True, seed=1)
+    full = fit_mlp_probe(train, valid, test, multilabel=True, metric="masked_map", cfg=QUICK, seed=0)
+    half = fit_mlp_probe(train, valid, test, multilabel=True, metric="masked_map", cfg=bf16, seed=0)
+    assert half.metrics["masked_map"] == pytest.approx(full.metrics["masked_map"], abs=0.02)
+    assert not np.array_equal(half.scores, full.scores)
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="float16.*known: \\['bfloat16', 'float32'\\]"):
+        MLPProbeConfig(precision="float16")

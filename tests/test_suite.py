@@ -147,3 +147,26 @@ def test_torchrun_runs_only_the_finetune_protocol(tmp_path, monkeypatch) -> None
                        cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match=r"under torchrun \(2 processes\) only --protocols finetune.*linear"):
         run_suite(cfg, progress=False)
+
+
+def test_mlp_probe_settings_reach_the_probe(tmp_path, monkeypatch) -> None:
+    from hear_dymn.bench import suite
+
+    cfg = suite_config("quick", models=("logmel",), tasks=("esc50",), protocols=("mlp",), seeds=(0,),
+                       probe_precision="bfloat16", out_dir=str(tmp_path / "reports"), cache_dir=str(tmp_path / "c"))
+    seen = []
+    real = suite.fit_mlp_probe
+
+    def spy(*args, cfg, **kwargs):
+        seen.append(cfg)
+        return real(*args, cfg=cfg, **kwargs)
+
+    monkeypatch.setattr(suite, "fit_mlp_probe", spy)
+    result = run_suite(cfg, progress=False)
+    assert seen and {(c.precision, c.device, c.max_epochs) for c in seen} == {("bfloat16", "cpu", 30)}
+    (row,) = [r for r in result["rows"] if r["source"] == "measured"]
+    assert row["config"] == {"probe_preset": "quick", "precision": "bfloat16"}
+    for bad, match in ((dict(probe_precision="float16"), "unknown precision 'float16'"),
+                       (dict(mlp_preset="huge"), "unknown MLP probe preset 'huge'")):
+        with pytest.raises(ValueError, match=match):
+            run_suite(suite_config("quick", protocols=("mlp",), out_dir=str(tmp_path / "x"), **bad), progress=False)

@@ -15,7 +15,7 @@ import logging
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBas
 from .finetune import (TRAINING_VERSION, DistContext, FinetuneData, clip_masks, init_distributed, metric_targets,
                        run_finetune)
 from .recipes import FINETUNE_PRESETS, recipe_for
-from .probes import LINEAR_PRESETS, MLP_PRESETS, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
+from .probes import LINEAR_PRESETS, MLP_PRESETS, MLPProbeConfig, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class SuiteConfig:
     seeds: tuple[int, ...] = (0, 1)
     linear_preset: str = "default"
     mlp_preset: str = "quick"
+    probe_precision: str = "float32"  # MLPProbeConfig.precision: "float32" or "bfloat16" (matrix products)
     out_dir: str = "reports"
     cache_dir: str = "cache"
     data: dict[str, str] = field(default_factory=dict)  # task -> dataset root
@@ -163,13 +164,18 @@ def evaluation_rounds(task: Task, data: dict[str, ProbeData]) -> list[tuple[str,
     return [(test, data[train], data[valid], data[test])]
 
 
+def mlp_config(cfg: SuiteConfig) -> MLPProbeConfig:
+    """The suite's MLP probe settings: its preset, trained on the suite's device at its probe precision."""
+    return replace(MLP_PRESETS[cfg.mlp_preset], device=cfg.device, precision=cfg.probe_precision)
+
+
 def run_probe(protocol: str, cfg: SuiteConfig, task: Task, train: ProbeData, valid: ProbeData | None,
               test: ProbeData, seed: int):
     kwargs = dict(multilabel=task.spec.multilabel, metric=task.spec.main_metric, seed=seed)
     if protocol == "linear":
         return fit_linear_probe(train, valid, test, cfg=LINEAR_PRESETS[cfg.linear_preset], **kwargs)
     if protocol == "mlp":
-        return fit_mlp_probe(train, valid, test, cfg=MLP_PRESETS[cfg.mlp_preset], **kwargs)
+        return fit_mlp_probe(train, valid, test, cfg=mlp_config(cfg), **kwargs)
     raise ValueError(f"unknown protocol {protocol!r}; protocols: linear, mlp")
 
 
@@ -347,6 +353,8 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
             atomic_savez(result_dir / spec.name.replace(":", "_") / f"{round_name}_seed{seed}.npz", **arrays)
     values = _summary_values(spec, per_round)
     config = {"probe_preset": cfg.linear_preset if protocol == "linear" else cfg.mlp_preset}
+    if protocol == "mlp":
+        config["precision"] = cfg.probe_precision
     row = _result_row(cfg, embedder, spec, protocol, values, per_round, params_m, gmacs, weights, seconds, config)
     atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
     return row
@@ -379,6 +387,10 @@ def _check_protocols(cfg: SuiteConfig) -> None:
     unknown = [p for p in cfg.protocols if p not in ("linear", "mlp", "finetune")]
     if unknown:
         raise ValueError(f"unknown protocol(s) {', '.join(map(repr, unknown))}; protocols: linear, mlp, finetune")
+    if "mlp" in cfg.protocols:
+        if cfg.mlp_preset not in MLP_PRESETS:
+            raise ValueError(f"unknown MLP probe preset {cfg.mlp_preset!r}; presets: {', '.join(MLP_PRESETS)}")
+        mlp_config(cfg)  # names a bad probe_precision before any work
     if "finetune" in cfg.protocols and cfg.finetune_preset not in FINETUNE_PRESETS:
         raise ValueError(f"unknown fine-tuning preset {cfg.finetune_preset!r}; presets: "
                          f"{', '.join(FINETUNE_PRESETS)}")
