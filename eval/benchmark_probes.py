@@ -304,7 +304,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, loads: list[flo
         f"{min(bf16_ratios):.1f}x to {max(bf16_ratios):.1f}x with bfloat16 products. The float32 matrix products of "
         f"heareval's own trainings take between 1/{max(ceilings):.1f} and 1/{min(ceilings):.1f} of heareval's time, "
         f"so on this CPU no float32 implementation of the same work could be more than {min(ceilings):.1f}x to "
-        f"{max(ceilings):.1f}x faster than heareval (rows in that order above).",
+        f"{max(ceilings):.1f}x faster than heareval (last-but-one column). Where that bound is above 10x, heareval's "
+        "fixed cost per training dominates (short runs); on full-protocol runs and on large tasks the products "
+        "alone exceed a tenth of heareval's time.",
         "",
         "Time per epoch (ms, heareval / ours): "
         + "; ".join(f"{name} {mode}: {he:.0f} / {us:.0f}" for name, mode, he, us in per_epoch) + ". "

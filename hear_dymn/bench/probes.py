@@ -63,10 +63,12 @@ Each grid point is initialised exactly as :func:`build_mlp` under
 masks from its own generator, and sees the mini-batch order of a generator seeded by the probe seed alone, so its
 training does not depend on which other points share its stack (equal up to float rounding, which BatchNorm
 statistics over more channels and Adam's sensitivity to near-zero gradients can grow to ~1e-3 in the scores;
-tested). Results are reproducible given ``seed`` on the same device and thread count. On CPU the time per epoch is
-dominated by the matrix products and the Adam update of the 1024-wide layers, which both implementations must do,
-so this one is about 1.5-4x faster than hear-eval-kit's predictor for the same work (``reports/probe_speed.md``),
-not an order of magnitude; ``MLPProbeConfig.device`` can move the training to a GPU.
+tested). Results are reproducible given ``seed`` on the same device, thread count and precision. On CPU the time
+per epoch is dominated by the matrix products of the 1024-wide layers, which both implementations must do: in
+``reports/probe_speed.md`` the float32 products of hear-eval-kit's own trainings alone take 29-51 % of its wall
+time on full-protocol runs and ESC-50/FSD50K-sized tasks, so no float32 implementation of the same work can be 10x
+faster there; this one is 1.5-3.6x faster (2.6-5.8x with bfloat16 products). ``MLPProbeConfig.precision="bfloat16"`` runs the products in bfloat16 (faster where the CPU
+has AMX) and ``MLPProbeConfig.device`` moves the training to a GPU.
 """
 from __future__ import annotations
 
