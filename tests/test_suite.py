@@ -167,6 +167,18 @@ def test_mlp_probe_settings_reach_the_probe(tmp_path, monkeypatch) -> None:
     (row,) = [r for r in result["rows"] if r["source"] == "measured"]
     assert row["config"] == {"probe_preset": "quick", "precision": "bfloat16"}
     for bad, match in ((dict(probe_precision="float16"), "unknown precision 'float16'"),
-                       (dict(mlp_preset="huge"), "unknown MLP probe preset 'huge'")):
+                       (dict(mlp_preset="huge"), "unknown MLP probe preset 'huge'"),
+                       (dict(device="gpu"), "unknown device 'gpu'"),
+                       (dict(device="mps"), "unsupported device 'mps'")):
         with pytest.raises(ValueError, match=match):
             run_suite(suite_config("quick", protocols=("mlp",), out_dir=str(tmp_path / "x"), **bad), progress=False)
+
+
+def test_missing_cuda_is_named_before_any_work(tmp_path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = suite_config("quick", device="cuda", out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="device 'cuda': no CUDA device is available here; use --device cpu"):
+        run_suite(cfg, progress=False)
+    assert not (tmp_path / "c").exists()

@@ -208,6 +208,7 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     _check_backend(cfg)  # before any work: an unknown backend or a missing Ray fails at once
     _check_protocols(cfg)
+    _check_device(cfg)
     ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
     probes = [p for p in cfg.protocols if p != "finetune"]
     if ctx.distributed and probes:
@@ -276,7 +277,7 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
                      for name in tasks},
         "skipped files": {t: sorted(ids) for t, ids in skipped.items()} or "none",
         "seeds": list(cfg.seeds),
-        "probe presets": f"linear={cfg.linear_preset}, mlp={cfg.mlp_preset}",
+        "probe presets": f"linear={cfg.linear_preset}, mlp={cfg.mlp_preset} ({cfg.probe_precision} products)",
         **extraction.provenance(),
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
@@ -295,6 +296,21 @@ def _weights_line(embedder) -> str:
     if info.get("sha256"):
         return f"{embedder.weights_label} (sha256 {info['sha256']})"
     return "**random init** (seed 0) - official weights not available; NOT pretrained results"
+
+
+def _check_device(cfg: SuiteConfig) -> None:
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {cfg.device!r}; devices: cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {cfg.device!r}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {cfg.device!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {cfg.device!r}; devices: cpu, cuda, cuda:N")
 
 
 def _check_backend(cfg: SuiteConfig) -> None:
