@@ -10,6 +10,7 @@ Suites:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -183,12 +184,17 @@ def run_probe(protocol: str, cfg: SuiteConfig, task: Task, train: ProbeData, val
 # provenance
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """Short commit of the checkout the package runs from, ``+dirty`` when its code (not its reports) has
+    uncommitted changes; ``unknown`` outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    code = ["hear_dymn", "eval", "setup.cfg", "pyproject.toml"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+                             cwd=root)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
+                               capture_output=True, text=True, timeout=10, cwd=root).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
