@@ -114,6 +114,9 @@ def test_write_reports_without_random_init_has_no_warning(tmp_path):
     md = (tmp_path / "leaderboard.md").read_text()
     assert "Warning" not in md and "random init" not in md
     assert "Generated" in md  # no date given: a generation time is added
-    # Re-writing over existing files works (atomic replace).
-    write_reports(rows, tmp_path, {"seeds": [0]})
-    assert (tmp_path / "leaderboard.html").is_file()
+    # Re-writing over existing files replaces them (atomic replace) and leaves no temporary files behind.
+    changed = [{**r, "mean": 0.4321} if i == 0 else r for i, r in enumerate(rows)]
+    write_reports(changed, tmp_path, {"seeds": [0]}, cfg=REPORT_PRESETS["default"])
+    assert "43.21" in (tmp_path / "leaderboard.md").read_text()
+    assert "0.4321" in (tmp_path / "leaderboard.csv").read_text()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]

@@ -182,3 +182,74 @@ def test_missing_cuda_is_named_before_any_work(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="device 'cuda': no CUDA device is available here; use --device cpu"):
         run_suite(cfg, progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_shard_of_unreadable_clips_adds_no_rows(esc50_root, tmp_path) -> None:
+    task = get_task("esc50", esc50_root)
+    clips = task.clips("fold1")
+    for clip in clips[:2]:  # the first shard of two: every clip unreadable
+        broken = tmp_path / "broken" / f"{clip.clip_id}.wav"
+        broken.parent.mkdir(exist_ok=True)
+        broken.write_bytes(b"not audio")
+        object.__setattr__(clip, "path", broken)
+    task.clips = lambda split: clips  # the task now lists the broken copies
+    cache = EmbeddingCache(tmp_path / "cache", shard_size=2)
+    for attempt in range(2):  # computed, then read back from the cache
+        emb = cache.get(LogMelBaseline(), task, "fold1")
+        readable = [c.clip_id for c in clips[2:] if c.clip_id not in emb.skipped]
+        assert emb.clip_ids == readable and emb.x.shape == (len(readable), 256)
+        assert set(emb.skipped) >= {c.clip_id for c in clips[:2]}
+
+
+def test_checkpoints_are_named_by_file_and_fine_tuned_by_path(tmp_path, offline) -> None:
+    import torch
+
+    from hear_dymn.models.random_weights import random_state_dict
+
+    paths = []
+    for seed, stem in ((1, "dymn04 run a"), (2, "dymn04-run-b")):
+        paths.append(tmp_path / f"{stem}.pt")
+        torch.save(random_state_dict("dymn04", seed=seed), paths[-1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = suite_config("quick", models=tuple(map(str, paths)), tasks=("openmic",),
+                           protocols=("linear", "finetune"), seeds=(0,), finetune_models=(str(paths[1]),),
+                           finetune_epochs=1, out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"))
+        result = run_suite(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    measured = {(r["model"], r["protocol"]) for r in result["rows"] if r["source"] == "measured"}
+    assert measured == {("dymn04 run a", "linear"), ("dymn04-run-b", "linear"), ("dymn04-run-b", "finetune")}
+    assert (tmp_path / "r" / "results" / "dymn04 run a" / "linear" / "openmic.json").is_file()
+    same = tmp_path / "other" / "dymn04 run a.pt"
+    same.parent.mkdir()
+    same.write_bytes(paths[0].read_bytes())
+    clash = suite_config("quick", models=(str(paths[0]), str(same)), tasks=("openmic",), protocols=("linear",),
+                         out_dir=str(tmp_path / "r2"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="would both be reported as 'dymn04 run a'; rename one checkpoint"):
+        run_suite(clash, progress=False)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(linear_preset="fastt"), "unknown linear probe preset 'fastt'; presets: "),
+    (dict(data={"ESC50": "/data/esc50"}), r"--data given for ESC50, which is not among the tasks to run"),
+    (dict(tasks=("esc50",), data={"fsd50k": "/data/fsd50k"}), "--data given for fsd50k"),
+])
+def test_bad_settings_are_named_before_any_work(tmp_path, overrides, match) -> None:
+    cfg = suite_config("quick", models=("logmel",), protocols=("linear",), out_dir=str(tmp_path / "r"),
+                       cache_dir=str(tmp_path / "c"), **overrides)
+    with pytest.raises(ValueError, match=match):
+        run_suite(cfg, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_two_fold_hear_task_is_refused_for_probes(tmp_path) -> None:
+    root = write_miniature("hear_kfold", tmp_path / "hear", seed=0)
+    meta = json.loads((root / "task_metadata.json").read_text())
+    meta["nfolds"] = 2
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    cfg = suite_config("quick", models=("logmel",), tasks=("hear",), protocols=("linear",), data={"hear": str(root)},
+                       out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="task hear has 2 folds; the probes need at least 3"):
+        run_suite(cfg, progress=False)

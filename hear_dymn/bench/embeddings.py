@@ -55,8 +55,9 @@ class Embedder(Protocol):
 class HearEmbedder:
     """A :class:`HearModel` used through the public ``get_scene_embeddings``."""
 
-    def __init__(self, name: str, model: HearModel, weights_label: str) -> None:
+    def __init__(self, name: str, model: HearModel, weights_label: str, spec: str | None = None) -> None:
         self.name = name
+        self.spec = name if spec is None else spec  # what the user asked for: a name or a checkpoint path
         self.model = model
         self.sample_rate = model.sample_rate
         self.weights_label = weights_label  # weights name, checkpoint file, or "random init (seed 0)"
@@ -291,7 +292,9 @@ class EmbeddingCache:
                 progress(len(shard.clips))
         ids = [str(i) for p in parts for i in p["clip_ids"]]
         result.clip_ids = ids
-        result.x = np.concatenate([p["x"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        # a shard whose clips were all unreadable holds a (0, 0) array: it adds no rows and must not set the width
+        filled = [p["x"] for p in parts if len(p["x"])]
+        result.x = np.concatenate(filled) if filled else np.zeros((0, 0), np.float32)
         result.targets = np.stack([by_id[i].target for i in ids]) if ids else np.zeros(0)
         masks = [by_id[i].mask for i in ids]
         result.mask = np.stack(masks) if ids and masks[0] is not None else None

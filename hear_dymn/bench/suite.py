@@ -102,13 +102,13 @@ def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> H
     if spec.endswith(".pt") or path.exists():
         arch = infer_architecture(read_state_dict(path))
         network = create_model(arch, checkpoint_path=path)
-        label = path.name
+        label = name = path.stem  # the file names the model: two checkpoints of one architecture stay apart
     elif spec in PRETRAINED:
         network = create_model(PRETRAINED[spec].arch, pretrained=spec)  # must be available: no fallback
-        label = spec
+        label = name = spec
         arch = PRETRAINED[spec].arch
     elif spec in list_models():
-        arch = spec
+        arch = name = spec
         try:
             network = create_model(arch, pretrained=DEFAULT_WEIGHTS[arch]) if arch in DEFAULT_WEIGHTS else None
             label = DEFAULT_WEIGHTS.get(arch, "")
@@ -127,13 +127,13 @@ def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> H
         raise ValueError(f"model {spec!r} is neither 'logmel', an architecture ({', '.join(list_models())}), "
                          f"released weights ({', '.join(PRETRAINED)}) nor an existing checkpoint file")
     model = HearModel(network.eval(), EmbeddingConfig()).to(device)
-    return HearEmbedder(spec if spec in list_models() or spec in PRETRAINED else arch, model, label)
+    return HearEmbedder(name, model, label, spec=spec)
 
 
 def model_complexity(embedder: HearEmbedder | LogMelBaseline) -> tuple[float | None, float | None]:
     """(params in M, GMACs per 10 s as reported by the authors) or (None, None) for the baseline."""
     if not isinstance(embedder, HearEmbedder):
-        return 0.0, 0.0
+        return None, None
     network = embedder.model.network
     params = sum(p.numel() for p in network.parameters()) / 1e6
     gmacs = next((cfg.reported["gmacs"] for cfg in PRETRAINED.values() if cfg.arch == network.arch), None)
@@ -214,6 +214,7 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     _check_backend(cfg)  # before any work: an unknown backend or a missing Ray fails at once
     _check_protocols(cfg)
+    _check_data(cfg)
     _check_device(cfg)
     ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
     probes = [p for p in cfg.protocols if p != "finetune"]
@@ -235,7 +236,13 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
             data_roots[name] = str(root)
     ctx.barrier()
     tasks = {name: get_task(name, Path(data_roots[name])) for name in cfg.tasks}
+    for name, task in tasks.items():
+        if probes and task.spec.protocol == "folds" and len(task.spec.splits) < 3:
+            # the probes' fold rule needs a test fold, the next fold for validation and at least one to train on
+            raise ValueError(f"task {name} has {len(task.spec.splits)} folds; the probes need at least 3 "
+                             "(fine-tuning alone works with 2: --protocols finetune)")
     embedders = [build_embedder(spec, cfg.allow_random_init, ctx.device) for spec in cfg.models]
+    _check_unique_names(embedders)
 
     rows: list[dict[str, Any]] = []
     skipped: dict[str, dict[str, str]] = {}
@@ -251,6 +258,10 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
                 for split in task.spec.splits:
                     emb = cache.get(embedder, task, split, progress=_progress(progress, embedder.name, name, split))
                     extraction.record(emb)
+                    if not emb.clip_ids:
+                        first = next(iter(emb.skipped.items()), ("", "no clips listed"))
+                        raise ValueError(f"{name} split {split!r}: no readable clip ({len(emb.skipped)} skipped; "
+                                         f"first: {first[0]}: {first[1]})")
                     data[split] = _probe_data(emb)
                     clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
                     if emb.skipped:
@@ -405,10 +416,21 @@ def _result_row(cfg: SuiteConfig, embedder, spec, protocol: str, values: list[fl
     }
 
 
+def _check_data(cfg: SuiteConfig) -> None:
+    """A --data root for a task that will not run is a typo or a missing --tasks entry, never silently ignored
+    (the quick suite would otherwise fall back to the synthetic miniature)."""
+    unused = sorted(set(cfg.data) - set(cfg.tasks))
+    if unused:
+        raise ValueError(f"--data given for {', '.join(unused)}, which is not among the tasks to run "
+                         f"({', '.join(cfg.tasks)}); task names: esc50, fsd50k, openmic, hear")
+
+
 def _check_protocols(cfg: SuiteConfig) -> None:
     unknown = [p for p in cfg.protocols if p not in ("linear", "mlp", "finetune")]
     if unknown:
         raise ValueError(f"unknown protocol(s) {', '.join(map(repr, unknown))}; protocols: linear, mlp, finetune")
+    if "linear" in cfg.protocols and cfg.linear_preset not in LINEAR_PRESETS:
+        raise ValueError(f"unknown linear probe preset {cfg.linear_preset!r}; presets: {', '.join(LINEAR_PRESETS)}")
     if "mlp" in cfg.protocols:
         if cfg.mlp_preset not in MLP_PRESETS:
             raise ValueError(f"unknown MLP probe preset {cfg.mlp_preset!r}; presets: {', '.join(MLP_PRESETS)}")
@@ -418,12 +440,23 @@ def _check_protocols(cfg: SuiteConfig) -> None:
                          f"{', '.join(FINETUNE_PRESETS)}")
 
 
+def _check_unique_names(embedders) -> None:
+    """Results are filed under the model's name: two models with one name would overwrite each other."""
+    seen: dict[str, str] = {}
+    for e in embedders:
+        spec = getattr(e, "spec", e.name)
+        if e.name in seen:
+            raise ValueError(f"models {seen[e.name]!r} and {spec!r} would both be reported as {e.name!r}; rename "
+                             "one checkpoint file")
+        seen[e.name] = spec
+
+
 def _finetuned(cfg: SuiteConfig, embedders) -> list[HearEmbedder]:
     """The network models to fine-tune: all of them, or those named in ``cfg.finetune_models``."""
     networks = [e for e in embedders if isinstance(e, HearEmbedder)]
     if cfg.finetune_models is None:
         return networks
-    chosen = [e for e in networks if e.name in cfg.finetune_models]
+    chosen = [e for e in networks if e.name in cfg.finetune_models or e.spec in cfg.finetune_models]
     left = [e.name for e in networks if e not in chosen]
     if left:
         logger.info("fine-tuning %s only (finetune_models); not fine-tuning %s",
