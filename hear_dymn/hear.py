@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +63,11 @@ class EmbeddingConfig:
     fast: bool = True  # fused inference copy of the network + fast log-mel; False = the eager modules
 
     def __post_init__(self) -> None:
+        if isinstance(self.layers, (str, bytes)) or not isinstance(self.layers, Iterable):
+            raise ValueError(f"layers must be a list of feature-map indices (ints), got {self.layers!r}")
+        kinds = [i for i in self.layers if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        if kinds:
+            raise ValueError(f"layers must be a list of feature-map indices (ints), got {list(self.layers)!r}")
         layers = tuple(int(i) % NUM_FEATURE_MAPS if -NUM_FEATURE_MAPS <= int(i) < NUM_FEATURE_MAPS else int(i)
                        for i in self.layers)
         object.__setattr__(self, "layers", layers)
@@ -93,13 +100,35 @@ class HearModel(nn.Module):
         self.cfg = cfg or EmbeddingConfig()
         # The eager network stays the source of truth (weights, parameter counts); the fused copy only runs it.
         self.fused = fuse_for_inference(network) if self.cfg.fast else None
+        if self.fused is not None:
+            # new weights loaded into the network (directly or through this model) are fused again
+            network.register_load_state_dict_post_hook(self._refuse_after_load)
         self.frontend = FastMelFrontend(mel) if self.cfg.fast else MelFrontend(mel)
         self.sample_rate: int = self.frontend.cfg.sample_rate
+        self._check_windows()
         info = network.feature_info
         size = sum(info[i]["num_chs"] for i in self.cfg.layers) + (self.frontend.cfg.n_mels if self.cfg.mel_means else 0)
         self.scene_embedding_size: int = int(size)
         self.timestamp_embedding_size: int = int(size)
         self.eval()
+
+    def _check_windows(self) -> None:
+        window = int(round(self.cfg.window_seconds * self.sample_rate))
+        if window < self.frontend.cfg.min_samples:
+            raise ValueError(f"window_seconds={self.cfg.window_seconds} is {window} samples at {self.sample_rate} Hz; "
+                             f"the log-mel needs at least {self.frontend.cfg.min_samples}")
+        if int(round(self.cfg.window_hop_seconds * self.sample_rate)) < 1:
+            raise ValueError(f"window_hop_seconds={self.cfg.window_hop_seconds} is less than one sample at "
+                             f"{self.sample_rate} Hz")
+
+    def refresh_fused(self) -> None:
+        """Fuse the network again (fast path) after changing it in place, e.g. its DyConv temperature or weights
+        updated by an optimizer; ``load_state_dict`` does this by itself."""
+        if self.fused is not None:
+            self.fused = fuse_for_inference(self.network, cpu_chunk_frames=self.fused.cpu_chunk_frames)
+
+    def _refuse_after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
+        self.refresh_fused()
 
     @property
     def device(self) -> torch.device:
@@ -252,7 +281,7 @@ def load_model(model_file_path: str = "", **options: Any) -> HearModel:
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown load_model option(s) {unknown}; valid: model_name, {', '.join(sorted(known))}")
-    if "layers" in options:
+    if isinstance(options.get("layers"), list):  # JSON gives lists; anything else is checked by the config
         options["layers"] = tuple(options["layers"])
     cfg = EmbeddingConfig(**options)
     network = _load_network(str(model_file_path or ""), model_name)

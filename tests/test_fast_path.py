@@ -186,3 +186,28 @@ def test_benchmark_quick_writes_reports(tmp_path: Path) -> None:
     assert (tmp_path / "performance.csv").read_text().startswith("section,model,path,batch,metric,value,unit")
     assert (tmp_path / "performance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[benchmark" in proc.stderr
+
+
+def test_new_weights_reach_the_fast_path(dymn04_checkpoint, tmp_path) -> None:
+    from hear_dymn.models.random_weights import random_state_dict
+
+    old = load_model(str(dymn04_checkpoint))
+    fused_storage = {b.untyped_storage().data_ptr() for b in old.fused.buffers()}
+    eager_storage = {t.untyped_storage().data_ptr() for t in (*old.network.parameters(), *old.network.buffers())}
+    assert not fused_storage & eager_storage  # the fused copy owns its memory
+    new_weights = random_state_dict("dymn04", seed=7)
+    torch.save(new_weights, tmp_path / "new.pt")
+    expected = get_scene_embeddings(sounds(2, 1.0), load_model(str(tmp_path / "new.pt")))
+    before = get_scene_embeddings(sounds(2, 1.0), old)
+    assert rel_err(before, expected) > 1e-2
+    old.network.load_state_dict(new_weights)  # straight into the network
+    torch.testing.assert_close(get_scene_embeddings(sounds(2, 1.0), old), expected, rtol=1e-5, atol=1e-5)
+    other = load_model(str(dymn04_checkpoint))
+    other.load_state_dict(old.state_dict())  # through the HEAR model
+    torch.testing.assert_close(get_scene_embeddings(sounds(2, 1.0), other), expected, rtol=1e-5, atol=1e-5)
+    other.network.set_dyconv_temperature(2.0)
+    other.refresh_fused()
+    slow = load_model(str(tmp_path / "new.pt"), fast=False)
+    slow.network.set_dyconv_temperature(2.0)
+    torch.testing.assert_close(get_scene_embeddings(sounds(2, 1.0), other), get_scene_embeddings(sounds(2, 1.0), slow),
+                               rtol=1e-4, atol=1e-4)

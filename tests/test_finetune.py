@@ -189,16 +189,16 @@ def test_killed_run_resumes_to_the_same_result(esc50_root, tmp_path) -> None:
     assert json.loads(str(a["history"])) == json.loads(str(b["history"]))
 
 
-def test_changed_settings_refuse_to_resume(esc50_root, tmp_path) -> None:
+def test_changed_settings_refuse_to_resume(esc50_root, tmp_path, monkeypatch) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread avoids oversubscription on busy CI machines
     try:
-        _changed_settings_refuse_to_resume(esc50_root, tmp_path)
+        _changed_settings_refuse_to_resume(esc50_root, tmp_path, monkeypatch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _changed_settings_refuse_to_resume(esc50_root, tmp_path) -> None:
+def _changed_settings_refuse_to_resume(esc50_root, tmp_path, monkeypatch) -> None:
     task = get_task("esc50", esc50_root)
     _, data = finetune_rounds(task)[0]
     data = FinetuneData(train=data.train[:8], valid=None, test=data.test[:4])
@@ -210,8 +210,17 @@ def _changed_settings_refuse_to_resume(esc50_root, tmp_path) -> None:
     recipe = _tiny_recipe(epochs=1)
     first = run_finetune(network, task.spec, data, recipe, 0, tmp_path / "run")
     assert (tmp_path / "run" / "result.npz").exists() and len(first.history) == 1
-    again = run_finetune(network, task.spec, data, recipe, 0, tmp_path / "run")  # finished: read back, not retrained
+    from hear_dymn.bench import finetune
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    with monkeypatch.context() as patch:  # finished: read back, neither trained nor evaluated again
+        patch.setattr(finetune, "_train_step", no_work)
+        patch.setattr(finetune, "predict", no_work)
+        again = run_finetune(network, task.spec, data, recipe, 0, tmp_path / "run")
     np.testing.assert_array_equal(again.scores, first.scores)
+    assert again.history == first.history
     with pytest.raises(RuntimeError, match="other settings"):
         run_finetune(network, task.spec, data, replace(recipe, lr=1e-3), 0, tmp_path / "run")
 

@@ -135,6 +135,14 @@ def test_options(dymn04_checkpoint) -> None:
         load_model(str(dymn04_checkpoint), layers=[20])
     with pytest.raises(ValueError, match="empty"):
         load_model(str(dymn04_checkpoint), layers=[], mel_means=False)
+    # a string or a bare int is a list-of-ints mistake, not layers "1" and "6"
+    for layers in ("16", 16, [5.0]):
+        with pytest.raises(ValueError, match="layers must be a list of feature-map indices"):
+            load_model(str(dymn04_checkpoint), layers=layers)
+    with pytest.raises(ValueError, match=r"window_seconds=0.01 is 320 samples at 32000 Hz; the log-mel needs"):
+        load_model(str(dymn04_checkpoint), window_seconds=0.01, window_hop_seconds=0.01)
+    with pytest.raises(ValueError, match="window_hop_seconds=1e-05 is less than one sample"):
+        load_model(str(dymn04_checkpoint), window_hop_seconds=1e-5)
 
 
 def test_architecture_read_from_file_or_given(tmp_path) -> None:

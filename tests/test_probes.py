@@ -352,3 +352,20 @@ def test_bfloat16_probe_scores_like_float32():
 def test_unknown_precision_is_named():
     with pytest.raises(ValueError, match="float16.*known: \\['bfloat16', 'float32'\\]"):
         MLPProbeConfig(precision="float16")
+
+
+def test_patience_zero_stops_at_the_first_check_without_improvement():
+    train, valid, test = _multiclass(100)
+    cfg = replace(QUICK, max_epochs=60, patience=0)
+    res = fit_mlp_probe(train, valid, test, multilabel=False, metric="accuracy", cfg=cfg, seed=0)
+    values = [h["valid_metric"] for h in res.history]
+    # every check but the last improved on the best so far; the last one did not, and stopped the training
+    assert all(b > max(values[:i + 1]) for i, b in enumerate(values[1:-1])) and len(values) >= 2
+    assert values[-1] <= max(values[:-1]) and res.history[-1]["epoch"] < 60
+
+
+@pytest.mark.parametrize("field, value", [("grid_points", 0), ("stack_size", 0), ("patience", -1),
+                                          ("max_epochs", 0), ("batch_size", 0), ("check_val_every_n_epoch", 0)])
+def test_mlp_config_rejects_values_that_train_nothing(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        MLPProbeConfig(**{field: value})

@@ -571,6 +571,15 @@ class MLPProbeConfig:
     precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
+        for name in ("grid_points", "stack_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+        for name, low in (("patience", 0), ("max_epochs", 1), ("check_val_every_n_epoch", 1), ("batch_size", 1),
+                          ("eval_batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; known: {sorted(_PRECISIONS)}")
 
@@ -983,14 +992,16 @@ def _train_stack(
             run.history.append({"config": index, "epoch": epoch, "train_loss": float(loss_sum[row]) / max(seen, 1),
                                 "valid_loss": valid_loss, "valid_metric": value})
             score = _to_maximise(value, score_fn)
-            if score > run.score or run.state is None:
+            improved = score > run.score
+            if improved or run.state is None:
                 run.score, run.value, run.epoch = score, value, epoch
                 run.state = params.take([row], requires_grad=False)
-                stale[a] = 0 if score > -math.inf else stale[a] + 1
-            else:
+            if improved:
+                stale[a] = 0
+            else:  # as Lightning's EarlyStopping: only a check without improvement can stop
                 stale[a] += 1
-            if stale[a] >= cfg.patience:
-                stopped.append(row)
+                if stale[a] >= cfg.patience:
+                    stopped.append(row)
         if stopped:
             keep = [row for row in range(len(active)) if row not in stopped]
             active = [active[row] for row in keep]

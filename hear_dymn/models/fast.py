@@ -274,6 +274,12 @@ class FusedMobileNet(AudioMobileNet):
         self.blocks = nn.ModuleList(_fuse_stage(stage) for stage in model.stages())
         self.dynamic = any(isinstance(block, FusedDynamicBlock) for block in self.blocks)
         self.classifier = copy.deepcopy(model.classifier).requires_grad_(False)
+        # Some buffers are detached views of the eager weights: own copies, so that later changes to the eager
+        # model never half-reach this one.
+        for module in self.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
         super().train(False)
 
     def stages(self) -> Sequence[nn.Module]:
@@ -330,8 +336,9 @@ class FusedMobileNet(AudioMobileNet):
 def fuse_for_inference(model: AudioMobileNet, cpu_chunk_frames: int | None = CPU_CHUNK_FRAMES) -> FusedMobileNet:
     """An eval-only fused copy of ``model`` (DyMN or MN from ``create_model``) for fast inference.
 
-    ``model`` is not modified; the copy has its device and dtype. Later changes to ``model`` (weights, DyConv
-    temperature) do not reach the copy: fuse again.
+    ``model`` is not modified; the copy has its device and dtype and shares no memory with it. Later changes to
+    ``model`` (weights, DyConv temperature) do not reach the copy: fuse again (``HearModel`` does so itself after
+    ``load_state_dict``; :meth:`hear_dymn.hear.HearModel.refresh_fused` after other changes).
 
     Args:
         model: eager DyMN or MN.
