@@ -8,7 +8,9 @@ best HEAR recipe for their MobileNets; 16 adds the final features the classifier
 
 * scene embedding = the time average of those frame vectors (= global average pooling of each map), concatenated;
 * timestamp embedding at time t = each map's frequency-averaged frame vector linearly interpolated at t, plus the
-  log-mel frame at t, so the mean over timestamps approximates the scene embedding.
+  log-mel frame at t; a sequence with frames finer than the timestamp hop (the log-mel's 10 ms, early maps) is
+  first averaged over a centred box of about one hop (5 frames for the log-mel at 50 ms), so every frame counts
+  for some timestamp and the mean over timestamps approximates the scene embedding.
 
 Audio is processed in windows of ``window_seconds`` (default 10 s, the AudioSet training length) placed every
 ``window_hop_seconds``; each timestamp is taken from the window whose centre is nearest, so every timestamp has
@@ -233,7 +235,9 @@ class HearModel(nn.Module):
                         mine = (owner == k).nonzero().flatten()
                         if len(mine):
                             local = stamp_samples[mine] - starts[k]
-                            values = _interpolate(seq, local.to(device) / (step * hop_samples))
+                            frame_ms = 1000.0 * step * hop_samples / self.sample_rate
+                            smooth = _box_smooth(seq, frame_ms, self.cfg.timestamp_hop_ms)
+                            values = _interpolate(smooth, local.to(device) / (step * hop_samples))
                             stamps[:, mine.to(device), offset:offset + channels] = values
                     offset += channels
         return scene.float(), stamps
@@ -247,6 +251,17 @@ def _span_weights(frame_pos: Tensor, lo: float, hi: float, single: bool) -> Tens
     if inside.sum() == 0:  # span narrower than one frame step: take the nearest frame
         inside[(frame_pos - (lo + hi) / 2).abs().argmin()] = 1.0
     return inside / inside.sum()
+
+
+def _box_smooth(seq: Tensor, frame_ms: float, hop_ms: float) -> Tensor:
+    """``seq (n, C, frames)`` averaged over a centred box of about one timestamp hop, so that a sequence finer than
+    the timestamps (the log-mel: 10 ms frames, 50 ms timestamps) gives each timestamp the mean of its own slot
+    instead of one frame in several (a short event between two timestamps would otherwise be missed)."""
+    width = int(hop_ms // frame_ms)
+    width -= 1 - width % 2  # odd, so that the box is centred on the frame
+    if width <= 1:
+        return seq
+    return F.avg_pool1d(seq, width, stride=1, padding=width // 2, count_include_pad=False)
 
 
 def _interpolate(seq: Tensor, positions: Tensor) -> Tensor:

@@ -105,6 +105,23 @@ def test_short_audio_is_padded(hear_model: HearModel) -> None:
     assert emb.shape == (2, hear_model.scene_embedding_size) and torch.isfinite(emb).all()
     stamps, ts = get_timestamp_embeddings(noise(1, 0.005), hear_model)
     assert ts.tolist() == [[0.0]] and stamps.shape == (1, 1, hear_model.timestamp_embedding_size)
+    # padding is zeros at the end, up to the frontend's minimum (min_seconds = 32 ms = 1024 samples)
+    short = noise(2, 0.005)
+    padded = torch.nn.functional.pad(short, (0, 1024 - short.shape[1]))
+    torch.testing.assert_close(get_scene_embeddings(short, hear_model), get_scene_embeddings(padded, hear_model))
+
+
+@pytest.mark.parametrize("click_s", [1.23, 13.37, 29.5])
+def test_timestamps_line_up_with_the_audio(dymn04_checkpoint, click_s: float) -> None:
+    # A click in silence: the mel-band means peak at the timestamp nearest the click, across window seams
+    # (10 s windows, 7.5 s hop) and at the end of the clip.
+    model = load_model(str(dymn04_checkpoint), layers=[], mel_means=True)
+    audio = torch.zeros(1, 30 * 32000)
+    start = int(click_s * 32000)
+    audio[0, start : start + 64] = torch.hann_window(64)
+    emb, ts = get_timestamp_embeddings(audio, model)
+    peak = float(ts[0, emb[0].mean(dim=1).argmax()]) / 1000
+    assert abs(peak - click_s) <= 0.025 + 1e-6  # timestamps every 50 ms
 
 
 @pytest.mark.parametrize(("audio", "error", "match"), [
