@@ -8,9 +8,9 @@ best HEAR recipe for their MobileNets; 16 adds the final features the classifier
 
 * scene embedding = the time average of those frame vectors (= global average pooling of each map), concatenated;
 * timestamp embedding at time t = each map's frequency-averaged frame vector linearly interpolated at t, plus the
-  log-mel frame at t; a sequence with frames finer than the timestamp hop (the log-mel's 10 ms, early maps) is
-  first averaged over a centred box of about one hop (5 frames for the log-mel at 50 ms), so every frame counts
-  for some timestamp and the mean over timestamps approximates the scene embedding.
+  log-mel frame at t; a sequence with at least 3 frames per timestamp hop (at the default 50 ms: the log-mel, 10 ms
+  frames) is first averaged over a centred box of about one hop (5 log-mel frames), so every frame counts for some
+  timestamp and the mean over timestamps approximates the scene embedding.
 
 Audio is processed in windows of ``window_seconds`` (default 10 s, the AudioSet training length) placed every
 ``window_hop_seconds``; each timestamp is taken from the window whose centre is nearest, so every timestamp has
