@@ -131,6 +131,8 @@ def test_timestamps_line_up_with_the_audio(dymn04_checkpoint, click_s: float) ->
     (torch.zeros(1, 32000, dtype=torch.int16), TypeError, r"int16.*32768"),
     (torch.full((1, 32000), float("nan")), ValueError, "NaN"),
     (torch.full((1, 32000), float("inf")), ValueError, "infinite"),
+    (torch.tensor([[0.5, float("inf"), float("-inf"), 0.1] * 300]), ValueError, "NaN or infinite"),
+    (torch.cat([torch.zeros(1, 4000), torch.tensor([[float("nan")]])], dim=1), ValueError, "NaN"),
     (torch.zeros(1, 0), ValueError, "empty"),
     (torch.zeros(0, 100), ValueError, "empty"),
 ])
