@@ -118,7 +118,10 @@ def family_of(arch: str) -> str:
 def recipe_for(task_name: str, arch: str, multilabel: bool, preset: str = "paper", epochs: int | None = None,
                clip_seconds: float | None = None) -> FinetuneRecipe:
     """The preset recipe for ``task_name`` (``esc50``/``fsd50k``/``openmic``; other tasks borrow ESC-50's recipe
-    when multiclass and FSD50K's when multilabel) and the architecture's family (DyMN or MN)."""
+    when multiclass and FSD50K's when multilabel) and the architecture's family (DyMN or MN).
+
+    ``clip_seconds`` sets the training clip length of a borrowed recipe (a HEAR task's clip duration); the paper's
+    three tasks keep their reference lengths (ESC-50 5 s, FSD50K and OpenMIC 10 s) whatever it says."""
     if preset not in FINETUNE_PRESETS:
         raise KeyError(f"unknown fine-tuning preset {preset!r}; presets: {', '.join(FINETUNE_PRESETS)}")
     base_task = task_name if task_name in ("esc50", "fsd50k", "openmic") else ("fsd50k" if multilabel else "esc50")
