@@ -6,12 +6,12 @@ Models: ``create_model``, ``list_models``, ``list_pretrained``. Frontend: ``MelF
 """
 from .frontend import MelConfig, MelFrontend
 from .hear import EmbeddingConfig, HearModel, get_scene_embeddings, get_timestamp_embeddings, load_model
-from .models import CheckpointError, create_model, list_models, list_pretrained
+from .models import CheckpointError, WeightsUnavailableError, create_model, list_models, list_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "EmbeddingConfig", "HearModel", "MelConfig", "MelFrontend", "create_model",
-    "get_scene_embeddings", "get_timestamp_embeddings", "list_models", "list_pretrained", "load_model",
+    "CheckpointError", "EmbeddingConfig", "HearModel", "MelConfig", "MelFrontend", "WeightsUnavailableError",
+    "create_model", "get_scene_embeddings", "get_timestamp_embeddings", "list_models", "list_pretrained", "load_model",
     "__version__",
 ]

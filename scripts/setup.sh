@@ -11,22 +11,30 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+pip_install() {
+  # pip's notes about the venv location are filtered out; a failing pip still fails this script (pipefail)
+  "${PIP[@]}" install "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+pip_install --upgrade pip
 
 echo "[setup] torch 2.9.1 + torchaudio 2.9.1"
-"${PIP[@]}" install "torch==2.9.1" "torchaudio==2.9.1" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install "torch==2.9.1" "torchaudio==2.9.1"
 
 echo "[setup] hear_dymn with the eval, dev and ray extras"
-"${PIP[@]}" install -e ".[eval,dev,ray]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -e ".[eval,dev,ray]"
 
 # hearvalidator 2021.0.6 declares Python < 3.9; the resolver would silently fall back to 2021.0.2, which rejects
 # 32 kHz models. Its real dependencies (torch, tensorflow, numpy) come from the dev extra above.
 echo "[setup] hearvalidator 2021.0.6"
-"${PIP[@]}" install --no-deps --ignore-requires-python "hearvalidator==2021.0.6" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install --no-deps --ignore-requires-python "hearvalidator==2021.0.6"
 
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-import ray, torch, torchaudio
+import importlib.util
+import joblib, matplotlib, pandas, pytest, ray, scipy, sklearn, soundfile, torch, torchaudio, tqdm  # noqa: F401
+import hear_dymn  # noqa: F401
+missing = [name for name in ("tensorflow", "hearvalidator") if importlib.util.find_spec(name) is None]
+assert not missing, f"not installed: {missing}"
 assert torch.__version__.startswith("2.9"), torch.__version__
 assert torchaudio.__version__.startswith("2.9"), torchaudio.__version__
 assert md.version("hearvalidator") == "2021.0.6", md.version("hearvalidator")

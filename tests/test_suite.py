@@ -57,8 +57,9 @@ def test_damaged_shard_is_recomputed(esc50_root, tmp_path) -> None:
     cache = EmbeddingCache(tmp_path, shard_size=4)
     embedder = CountingEmbedder()
     reference = cache.get(embedder, task, "fold2").x
-    shard = sorted(cache.split_dir(embedder, task, "fold2").glob("shard-*.npz"))[0]
-    shard.write_bytes(b"truncated")
+    shards = sorted(cache.split_dir(embedder, task, "fold2").glob("shard-*.npz"))
+    shards[0].write_bytes(b"truncated")
+    shards[1].write_bytes(shards[1].read_bytes()[:200])  # a zip archive cut short
     np.testing.assert_array_equal(cache.get(CountingEmbedder(), task, "fold2").x, reference)
 
 

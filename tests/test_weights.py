@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ def test_registry_has_the_released_audioset_weights() -> None:
                  "mn40_as", "mn40_as_ext"]:
         assert name in list_pretrained()
     assert PRETRAINED["dymn20_as"].file_name == "dymn20_as_mAP_493.pt"
+    assert PRETRAINED["dymn10_as"].url == "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/dymn10_as.pt"
     assert PRETRAINED["dymn10_as"].reported == {"params_m": 10.57, "gmacs": 0.58, "audioset_map": 47.7}
 
 
@@ -118,3 +120,27 @@ def test_download_to_hub_cache_and_hash(tmp_path, monkeypatch, dymn04_checkpoint
 def test_weights_for_another_architecture_are_refused() -> None:
     with pytest.raises(ValueError, match="are for 'dymn10'"):
         create_model("dymn04", pretrained="dymn10_as")
+
+
+def test_truncated_download_is_never_cached(tmp_path, monkeypatch, dymn04_checkpoint) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    data = dymn04_checkpoint.read_bytes()
+
+    def half(url, dst, progress=True):  # the connection drops half-way without an error
+        Path(dst).write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", half)
+    with pytest.raises(CheckpointError, match=r"dymn04_as\.pt failed its check \(incomplete download\?\)"):
+        create_model("dymn04", pretrained="dymn04_as")
+    assert not [p for p in (tmp_path / "hub").rglob("*") if p.is_file()]  # neither the file nor a .part
+
+
+def test_damaged_cached_weights_are_an_error_not_random_init(tmp_path, monkeypatch) -> None:
+    from hear_dymn.bench.suite import build_embedder
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    cached = PRETRAINED["dymn04_as"].cache_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"half a file")
+    with pytest.raises(CheckpointError, match="cached copy of dymn04_as: delete it to download it again"):
+        build_embedder("dymn04", allow_random_init=True)

@@ -24,6 +24,7 @@ import json
 import logging
 import statistics
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,7 +257,7 @@ class EmbeddingCache:
         try:
             with np.load(path) as data:
                 shard = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as err:  # a damaged file is recomputed, never trusted
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged: recomputed, never trusted
             logger.warning("ignoring unreadable cache shard %s: %s", path, err)
             return None
         covered = list(shard["clip_ids"]) + list(shard["skipped_ids"])

@@ -26,9 +26,9 @@ import torch
 
 from .. import __version__
 from ..hear import HearModel, EmbeddingConfig
-from ..models import CheckpointError, PRETRAINED, create_model, list_models
+from ..models import PRETRAINED, create_model, list_models
 from ..models.random_weights import random_state_dict
-from ..models.weights import DEFAULT_WEIGHTS, read_state_dict, infer_architecture
+from ..models.weights import DEFAULT_WEIGHTS, WeightsUnavailableError, infer_architecture, read_state_dict
 from .atomic import atomic_savez, atomic_write_text
 from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBaseline, embedder_key
 from .finetune import (TRAINING_VERSION, DistContext, FinetuneData, clip_masks, init_distributed, metric_targets,
@@ -112,7 +112,7 @@ def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> H
         try:
             network = create_model(arch, pretrained=DEFAULT_WEIGHTS[arch]) if arch in DEFAULT_WEIGHTS else None
             label = DEFAULT_WEIGHTS.get(arch, "")
-        except CheckpointError as err:
+        except WeightsUnavailableError as err:  # only missing weights fall back; a damaged file is an error
             if not allow_random_init:
                 raise
             logger.warning("%s: released weights unavailable (%s); using RANDOM INIT (seed 0)", arch,

@@ -4,9 +4,10 @@ from .base import NUM_FEATURE_MAPS, AudioMobileNet
 from .dymn import DyMN
 from .mn import MN
 from .registry import create_model, list_models, model_entry
-from .weights import PRETRAINED, CheckpointError, PretrainedCfg, get_pretrained_cfg, list_pretrained
+from .weights import (PRETRAINED, CheckpointError, PretrainedCfg, WeightsUnavailableError, get_pretrained_cfg,
+                      list_pretrained)
 
 __all__ = [
     "NUM_FEATURE_MAPS", "AudioMobileNet", "DyMN", "MN", "create_model", "list_models", "model_entry", "PRETRAINED",
-    "CheckpointError", "PretrainedCfg", "get_pretrained_cfg", "list_pretrained",
+    "CheckpointError", "PretrainedCfg", "WeightsUnavailableError", "get_pretrained_cfg", "list_pretrained",
 ]

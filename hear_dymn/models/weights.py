@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,10 @@ RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is unreadable, of another architecture, or unavailable."""
+
+
+class WeightsUnavailableError(CheckpointError):
+    """Released weights are neither in the cache nor downloadable (e.g. offline)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,14 @@ class PretrainedCfg:
         """Path of the cached file, downloading it first if needed; checks the digest where one is pinned."""
         path = self.cache_path()
         if not path.exists():
-            download(self.url, path, progress=progress, hint_name=self.name)
+            download(self.url, path, progress=progress, hint_name=self.name, verify=self.verify)
+        elif self.sha256 is not None:
+            self.verify(path)
+        return path
+
+    def verify(self, path: Path) -> None:
+        """Check the file's digest where one is pinned; otherwise that it reads as a checkpoint (a truncated or
+        failed download does not)."""
         if self.sha256 is not None:
             digest = sha256_of(path)
             if digest != self.sha256:
@@ -71,7 +82,12 @@ class PretrainedCfg:
                     f"{path} has sha256 {digest}, but {self.name} is pinned to {self.sha256}. The file is corrupt "
                     f"or not the release asset {self.file_name}; delete it and download again."
                 )
-        return path
+            return
+        try:
+            read_state_dict(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}\nIt should be the release asset {self.file_name} ({self.url}); delete "
+                                  f"it and download again.") from err
 
 
 def _cfg(name: str, arch: str, file_name: str, params_m: float, gmacs: float, audioset_map: float) -> PretrainedCfg:
@@ -133,22 +149,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, progress: bool = True, hint_name: str = "") -> None:
-    """Download ``url`` to ``dest`` atomically (temp file + rename); a clear error when offline."""
+def download(url: str, dest: Path, progress: bool = True, hint_name: str = "",
+             verify: Callable[[Path], None] | None = None) -> None:
+    """Download ``url`` to ``dest`` atomically (temp file + rename); a clear error when offline.
+
+    ``verify`` (e.g. a digest check) runs on the downloaded file before it is moved into place: a file that fails
+    it is deleted, never cached.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     os.close(fd)
     try:
-        torch.hub.download_url_to_file(url, tmp, progress=progress)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        what = f"weights {hint_name!r}" if hint_name else "checkpoint"
-        raise CheckpointError(
+        try:
+            torch.hub.download_url_to_file(url, tmp, progress=progress)
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            what = f"weights {hint_name!r}" if hint_name else "checkpoint"
+            raise WeightsUnavailableError(
             f"Could not download {what} from {url} ({err}).\n"
             f"Without network access, put the file at {dest}\n"
             f"(the torch hub cache; set TORCH_HOME to move it), or pass the local file with "
             f"checkpoint_path=... (HEAR: load_model('path/to/{dest.name}'))."
-        ) from err
+            ) from err
+        if verify is not None:
+            try:
+                verify(Path(tmp))
+            except CheckpointError as err:
+                raise CheckpointError(f"the file downloaded from {url} failed its check (incomplete download?): "
+                                      f"{err}") from err
+        os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -257,6 +285,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
 
 def load_checkpoint_into(model: nn.Module, path: Path, cfg: PretrainedCfg | None = None) -> None:
     """Read ``path``, load it into ``model`` (checked), and record name/path/sha256 in ``model.weights_info``."""
-    state_dict = read_state_dict(path)
+    try:
+        state_dict = read_state_dict(path)
+    except CheckpointError as err:
+        if cfg is None:
+            raise
+        raise CheckpointError(f"{err}\nThis is the cached copy of {cfg.name}: delete it to download it again "
+                              f"from {cfg.url}.") from err
     load_state_dict_checked(model, state_dict, source=str(path), classifier=cfg.classifier if cfg else "classifier.5")
     model.weights_info = {"name": cfg.name if cfg else None, "path": str(path), "sha256": sha256_of(Path(path))}
