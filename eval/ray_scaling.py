@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _fresh(folder: Path) -> Path:
+    """An empty cache folder: every measurement computes all its shards (a reused --work-dir would time nothing)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         default_threads = torch.get_num_threads()
         for threads in [] if args.no_local else sorted({1, default_threads}):
             torch.set_num_threads(threads)
-            cache = EmbeddingCache(work_dir / f"cache-local{threads}", shard_size=args.shard_size)
+            cache = EmbeddingCache(_fresh(work_dir / f"cache-local{threads}"), shard_size=args.shard_size)
             start = time.perf_counter()
             splits = [cache.get(embedder, task, split) for split in task.spec.splits]
             seconds = time.perf_counter() - start
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cluster = ray.cluster_resources()
             for workers in args.workers:
-                cache = EmbeddingCache(work_dir / f"cache-ray{workers}", shard_size=args.shard_size)
+                cache = EmbeddingCache(_fresh(work_dir / f"cache-ray{workers}"), shard_size=args.shard_size)
                 cfg = RayConfig(workers=workers, gpus_per_worker=args.gpus_per_worker,
                                 cpus_per_worker=args.cpus_per_worker)
                 start = time.perf_counter()

@@ -154,3 +154,24 @@ def test_missing_ray_is_one_clear_error(monkeypatch, tmp_path) -> None:
         cli.main(["--backend", "ray", "--out-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
     # the local backend never imports Ray
     assert suite_config("quick").backend == "local"
+
+
+def test_files_missing_on_a_worker_are_not_cached(tasks, tmp_path) -> None:
+    from dataclasses import replace
+
+    from hear_dymn.bench.embeddings import Shard, shard_plan
+    from hear_dymn.bench.ray_backend import _check_worker_saw_the_files
+
+    clips = tuple(shard_plan(tasks["esc50"].clips("fold1"), SHARD_SIZE)[0])
+    shard = Shard("esc50", "fold1", 0, tmp_path / "shard-00000.npz", clips)
+
+    def skipped(clip, reason):
+        return {"skipped_ids": np.array([clip.clip_id]), "skipped_reasons": np.array([reason])}
+
+    # the driver sees a file the worker could not find: the nodes do not share the data
+    with pytest.raises(RuntimeError, match="could not find .* which exists on the driver: every node needs"):
+        _check_worker_saw_the_files(shard, skipped(clips[0], "no such file"))
+    # a file missing everywhere, or one that does not decode, is an ordinary skipped clip
+    gone = replace(clips[0], path=tmp_path / "gone.wav")
+    _check_worker_saw_the_files(replace(shard, clips=(gone, *clips[1:])), skipped(gone, "no such file"))
+    _check_worker_saw_the_files(shard, skipped(clips[1], "decoding failed (bad header)"))

@@ -149,6 +149,24 @@ def _portable(embedder: Embedder) -> Embedder:
     return embedder
 
 
+def _start_failure(err: BaseException) -> RuntimeError:
+    return RuntimeError("a Ray worker failed to start; can the cluster import hear_dymn and torch? (a driver that "
+                        "starts Ray itself must pass runtime_env=hear_dymn.bench.ray_backend.runtime_env())\n"
+                        f"{err}")
+
+
+def _check_worker_saw_the_files(shard: Shard, arrays: dict[str, Any]) -> None:
+    """A clip the worker found missing but this process can see means the worker's node does not have the data at
+    the same path: stop, rather than cache a shard of skipped clips that later runs would trust."""
+    by_id = {c.clip_id: c for c in shard.clips}
+    for clip_id, reason in zip(arrays["skipped_ids"], arrays["skipped_reasons"]):
+        clip = by_id.get(str(clip_id))
+        if clip is not None and "no such file" in str(reason) and Path(clip.path).exists():
+            raise RuntimeError(f"a Ray worker could not find {clip.path}, which exists on the driver: every node "
+                               "needs the datasets at the same path (a shared file system); nothing was cached for "
+                               f"shard {shard.path}")
+
+
 def _lost_worker_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Failures of the worker process or its node (not of the embedding code), after which a shard is resent."""
     ex = ray.exceptions
@@ -246,6 +264,7 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
 
     for _ in range(workers):
         start_worker()
+    startup_losses = 0
     bar = _progress_bar(progress, stats, len(queue), workers)
     job_start = time.perf_counter()
     try:
@@ -265,10 +284,20 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
                 actor = starting.pop(ref)
                 try:
                     nodes.add(ray.get(ref))
+                except lost_errors as err:
+                    if getattr(err, "actor_init_failed", False):  # its own start-up raised: not a lost worker
+                        raise _start_failure(err) from err
+                    # its process or node went away while starting: start another
+                    startup_losses += 1
+                    if startup_losses > cfg.max_attempts * workers:
+                        raise RuntimeError(f"{startup_losses} Ray workers were lost while starting; giving up "
+                                           f"(last: {type(err).__name__})") from err
+                    logger.warning("a Ray worker was lost while starting (%s); starting another", type(err).__name__)
+                    actors.remove(actor)
+                    start_worker()
+                    continue
                 except ray.exceptions.RayError as err:
-                    raise RuntimeError(f"a Ray worker failed to start; can the cluster import hear_dymn and "
-                                       f"torch? (a driver that starts Ray itself must pass "
-                                       f"runtime_env=hear_dymn.bench.ray_backend.runtime_env())\n{err}") from err
+                    raise _start_failure(err) from err
                 idle.append(actor)
                 continue
             actor, key, shard, attempt = running.pop(ref)
@@ -286,6 +315,7 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
                 ray.kill(actor)
                 start_worker()
                 continue
+            _check_worker_saw_the_files(shard, arrays)
             cache.write_shard(shard, arrays)
             stats.shard_seconds.append(seconds)
             stats.computed_clips += len(shard.clips)
