@@ -487,13 +487,16 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
     stamp = next((r for r in results.timestamps if r["model"] == plan.target_model), None)
     if stamp:
         ratio = stamp["loop_total"] / stamp["fast"]
-        rows.append((f"timestamps >= 20x the per-window loop, {plan.target_model}, {stamp['seconds']:.0f} s clip, "
-                     f"{stamp['hop_ms']:.0f} ms hop", f"{ratio:.1f}x", "yes" if ratio >= 20 else "no"))
+        rows.append((f"timestamps (fast path) >= 20x the per-window loop (eager network, as the authors' wrapper), "
+                     f"{plan.target_model}, {stamp['seconds']:.0f} s clip, {stamp['hop_ms']:.0f} ms hop",
+                     f"{ratio:.1f}x (eager path: {stamp['loop_total'] / stamp['eager']:.1f}x)",
+                     "yes" if ratio >= 20 else "no"))
     longest = [r for r in results.memory if r["fast"] and r["seconds"] == max(plan.memory_seconds)]
     if longest:
         peak = max(r["peak_rss"] for r in longest)
         hours = max(plan.memory_seconds) / 3600
-        rows.append((f"{_fmt(hours)} h of audio, peak RSS < 2 GB ({plan.memory_model}, timestamps and scene)",
+        calls = " and ".join("timestamps" if c == "timestamp" else c for c in plan.memory_calls)
+        rows.append((f"{_fmt(hours)} h of audio, peak RSS < 2 GB ({plan.memory_model}, fast path, {calls})",
                      _mb(peak), "yes" if peak < RSS_TARGET_BYTES else "no"))
     if results.fixtures:
         worst = max(max(f["maps"][1], f["logits"][1], f["embedding"][1]) for f in results.fixtures)
