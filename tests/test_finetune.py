@@ -223,6 +223,16 @@ def _changed_settings_refuse_to_resume(esc50_root, tmp_path, monkeypatch) -> Non
     assert again.history == first.history
     with pytest.raises(RuntimeError, match="other settings"):
         run_finetune(network, task.spec, data, replace(recipe, lr=1e-3), 0, tmp_path / "run")
+    assert first.processes == 1 and again.processes == 1
+    # other clips (a regenerated or different dataset under the same task name) are never read back
+    with pytest.raises(RuntimeError, match=r"other settings.*\['clips'\] differ"):
+        run_finetune(network, task.spec, replace(data, test=data.test[:3]), recipe, 0, tmp_path / "run")
+    # an unfinished run resumes only with the process count it started with
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    torch.save({**state, "processes": 2}, tmp_path / "run" / "last.pt")
+    (tmp_path / "run" / "result.npz").unlink()
+    with pytest.raises(RuntimeError, match=r"started with 2 process\(es\); resume it with the same number \(now 1\)"):
+        run_finetune(network, task.spec, data, recipe, 0, tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -120,3 +120,9 @@ def test_write_reports_without_random_init_has_no_warning(tmp_path):
     assert "43.21" in (tmp_path / "leaderboard.md").read_text()
     assert "0.4321" in (tmp_path / "leaderboard.csv").read_text()
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+
+
+def test_markdown_cells_are_inert():
+    from hear_dymn.bench.report import _md_escape
+
+    assert _md_escape("w|x*y* <b> [c](d) `e` f\\g dymn10_as") == "w\\|x\\*y\\* \\<b\\> \\[c\\](d) \\`e\\` f\\\\g dymn10_as"

@@ -434,3 +434,28 @@ def test_hear_kfold_corrupt_and_determinism(tmp_path: Path) -> None:
         read_audio(bad / corrupt[0], 32000)
     with pytest.raises(ValueError, match="clips_per_class"):
         write_miniature("hear_kfold", tmp_path / "few", clips_per_class=4)
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_a_byte_order_mark_is_not_data(kind: str, tmp_path: Path) -> None:
+    root = _tiny(kind, tmp_path / kind)
+    plain = get_task(kind, root)
+    for path in [*root.rglob("*.csv"), *root.rglob("*.json")]:
+        if path.name.startswith("."):
+            continue
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheet programs export UTF-8
+    marked = get_task(kind, root)
+    assert marked.spec == plain.spec
+    for split in plain.spec.splits:
+        a, b = plain.clips(split), marked.clips(split)
+        assert [(c.clip_id, c.path) for c in a] == [(c.clip_id, c.path) for c in b]
+        assert all(np.array_equal(x.target, y.target) for x, y in zip(a, b))
+
+
+def test_layout_errors_quote_the_expected_layout(tmp_path: Path) -> None:
+    root = _tiny("fsd50k", tmp_path / "fsd50k")
+    dev = root / "FSD50K.ground_truth" / "dev.csv"
+    dev.write_text(dev.read_text().replace(",train\n", ",training\n", 1))
+    with pytest.raises(DatasetLayoutError, match=r"line \d+: column 'split' must be 'train' or 'val', got "
+                                                 r"'training'\. Expected layout: <root>/FSD50K\.ground_truth"):
+        get_task("fsd50k", root)

@@ -16,8 +16,12 @@ Data parallelism: when the process group is initialised (``torchrun``; see :func
 process trains on its share of each global batch (``batch_size`` samples, split by position) with
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); rank 0 evaluates, writes checkpoints and results, and
 the others wait. The same global batches and the same per-sample augmentation are drawn whatever the number of
-processes, so runs with 1 and N processes differ only through BatchNorm statistics (computed per process) and
-float summation order. On CUDA training uses float16 autocast with a gradient scaler.
+processes; each share is cut by position. A run with N processes computes what one process with
+``micro_batches=N`` computes, up to float summation order (tested). Against a plain single-process run it differs
+in what is drawn or computed per share: BatchNorm statistics, mixup partners (drawn within a share), dropout draws
+(seeded by the share), and the last global batch, dropped when it has fewer than 2 samples per share. A run
+records its process count and resumes only with the same one. On CUDA training uses float16 autocast with a
+gradient scaler.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from .tasks.base import Clip, TaskSpec
 
 logger = logging.getLogger(__name__)
 
-TRAINING_VERSION = 2  # bump when training semantics change: finished runs of other versions are not reused
+TRAINING_VERSION = 3  # bump when training semantics change: finished runs of other versions are not reused
 MIN_EVAL_SECONDS = 1.0  # shorter evaluation clips are zero-padded so the network sees at least 100 frames
 
 
@@ -333,6 +337,7 @@ class FinetuneResult:
     seconds: float
     skipped: dict[str, str] = field(default_factory=dict)
     resumed_from_epoch: int | None = None
+    processes: int = 1  # data-parallel processes that trained it
 
 
 @dataclass
@@ -387,7 +392,8 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
     finger = fingerprint(recipe, seed, {**(identity or {}), "micro_batches": micro_batches,
-                                        "training_version": TRAINING_VERSION})
+                                        "training_version": TRAINING_VERSION,
+                                        "clips": _clip_digest(train, valid, test)})
     done = workdir / "result.npz"
     if _matches(workdir, finger) and done.exists():
         return _load_result(done, skipped)
@@ -413,6 +419,10 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        started_with = int(state.get("processes", 1))
+        if started_with != ctx.world_size:
+            raise RuntimeError(f"{workdir}: this run was started with {started_with} process(es); resume it with the "
+                               f"same number (now {ctx.world_size}) or remove the folder to start again")
         history, best = list(state["history"]), dict(state["best"])
         start_epoch = resumed = int(state["epoch"]) + 1
         logger.info("%s: resuming after epoch %d from %s", spec.name, start_epoch - 1, last)
@@ -451,7 +461,8 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
                     atomic_torch_save(workdir / "best.pt", model.state_dict())
             history.append(record)
             state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "history": history, "best": best}
+                     "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                     "processes": ctx.world_size}
             if use_amp:
                 state["scaler"] = scaler.state_dict()
             atomic_torch_save(last, state)
@@ -470,10 +481,12 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
         value = float(metric(metric_targets(test, spec), scores, clip_masks(test)))
         history = history or []
         result = FinetuneResult(scores=scores, test_metric=value, best_epoch=int(best["epoch"]), history=history,
-                                seconds=time.perf_counter() - started, skipped=skipped, resumed_from_epoch=resumed)
+                                seconds=time.perf_counter() - started, skipped=skipped, resumed_from_epoch=resumed,
+                                processes=ctx.world_size)
         atomic_savez(done, scores=scores, clip_ids=np.array([c.clip_id for c in test], dtype=str),
                      meta_json=np.array(json.dumps({"test_metric": value, "best_epoch": result.best_epoch,
-                                                    "history": history, "seconds": result.seconds})))
+                                                    "history": history, "seconds": result.seconds,
+                                                    "processes": ctx.world_size})))
     ctx.barrier()
     if result is None:  # other ranks read what rank 0 wrote
         result = _load_result(done, skipped)
@@ -560,4 +573,13 @@ def _load_result(path: Path, skipped: dict[str, str]) -> FinetuneResult:
         meta = json.loads(str(data["meta_json"]))
         scores = data["scores"]
     return FinetuneResult(scores=scores, test_metric=float(meta["test_metric"]), best_epoch=int(meta["best_epoch"]),
-                          history=list(meta["history"]), seconds=float(meta["seconds"]), skipped=skipped)
+                          history=list(meta["history"]), seconds=float(meta["seconds"]), skipped=skipped,
+                          processes=int(meta.get("processes", 1)))
+
+
+def _clip_digest(*splits: list[Clip] | None) -> str:
+    """Which clips (readable ones, by id and labels) each split holds: a run on other data is never reused. Paths
+    are left out, so a dataset moved to another folder still finds its runs."""
+    listing = [None if clips is None else [(c.clip_id, np.asarray(c.target).tolist()) for c in clips]
+               for clips in splits]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()

@@ -236,7 +236,9 @@ def _leaderboard_table(rows: Sequence[Mapping[str, Any]], decimals: int) -> _Tab
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Markdown-inert text: table pipes and the characters that would start emphasis, code, links or HTML
+    (underscores stay: inside names such as ``dymn10_as`` they are literal in GitHub Markdown)."""
+    return re.sub(r"([\\|*`<>\[\]])", r"\\\1", text)
 
 
 def _md_cell(cell: _Cell) -> str:
@@ -476,7 +478,8 @@ def _tradeoff_plot(
         ax.set_xscale("log")
     handles = [Line2D([], [], color=_protocol_color(p, protocols), marker="o", linestyle="none", label=p)
                for p in dict.fromkeys(str(r["protocol"]) for r in points)]
-    handles.append(Line2D([], [], color="gray", marker="o", linestyle="none", label="measured"))
+    if not all(_is_reported(r) for r in points):
+        handles.append(Line2D([], [], color="gray", marker="o", linestyle="none", label="measured"))
     if any(_is_reported(r) for r in points):
         handles.append(Line2D([], [], color="gray", marker="*", markersize=12, linestyle="none", label="reported"))
     if any(is_random_init(r.get("weights")) for r in points):

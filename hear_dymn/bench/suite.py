@@ -299,9 +299,12 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
         "wall time": f"{time.perf_counter() - started:.0f} s",
     }
     if "finetune" in cfg.protocols:
+        trained = sorted({json.dumps(r.get("config", {}).get("processes")) for r in rows
+                          if r.get("protocol") == "finetune" and r.get("source") == "measured"})
         provenance["fine-tuning"] = (f"preset {cfg.finetune_preset}"
                                      + (f", {cfg.finetune_epochs} epochs" if cfg.finetune_epochs else "")
-                                     + f", {ctx.world_size} process(es) ({'DDP' if ctx.distributed else 'single'})")
+                                     + f", trained with {' / '.join(trained) or '-'} process(es) (this run: "
+                                     + f"{ctx.world_size}, {'DDP' if ctx.distributed else 'single'})")
     write_reports(rows, out_dir, provenance)
     return {"provenance": provenance, "rows": rows}
 
@@ -488,6 +491,7 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     curves: dict[str, list[dict[str, float]]] = {}
     skipped: dict[str, str] = {}
     seconds = 0.0
+    processes: set[int] = set()  # as trained: a later plain run may only read finished DDP runs
     seeds = cfg.finetune_seeds or cfg.seeds
     for seed in seeds:
         for round_name, data in finetune_rounds(task):
@@ -497,6 +501,7 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
             identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
             on_epoch = _epoch_logger(f"finetune {embedder.name}/{spec.name}/{run}") if progress else None
             result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch)
+            processes.add(result.processes)
             seconds += result.seconds
             skipped.update(result.skipped)
             per_round.setdefault(round_name, []).append(result.test_metric)
@@ -514,7 +519,7 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     weights = embedder.describe().get("weights", {})
     config = {"finetune_preset": cfg.finetune_preset, "recipe": recipe.name, "recipe_source": recipe.source,
               "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
-              "processes": ctx.world_size}
+              "processes": max(processes) if len(processes) == 1 else sorted(processes)}
     row = _result_row(cfg, embedder, spec, "finetune", values, per_round, params_m, gmacs, weights, seconds, config)
     row["seeds"] = list(seeds)
     row["curves"] = curves

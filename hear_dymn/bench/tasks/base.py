@@ -150,14 +150,16 @@ class Task(ABC):
 TaskFactory = Callable[[Path], Task]
 
 _REGISTRY: dict[str, TaskFactory] = {}
+_LAYOUTS: dict[str, str] = {}
 
 
-def register_task(name: str, loader_factory: TaskFactory) -> None:
+def register_task(name: str, loader_factory: TaskFactory, layout: str | None = None) -> None:
     """Register a loader factory under ``name``.
 
     Args:
         name: Registry name; a name ``p`` also serves ``"p:<anything>"`` lookups in :func:`get_task`.
         loader_factory: Callable taking the dataset root and returning a :class:`Task`.
+        layout: The official layout in words; :func:`get_task` adds it to layout errors that do not quote it.
 
     Raises:
         ValueError: ``name`` is empty or already registered.
@@ -167,11 +169,23 @@ def register_task(name: str, loader_factory: TaskFactory) -> None:
     if name in _REGISTRY:
         raise ValueError(f"task {name!r} is already registered (by {_REGISTRY[name]!r})")
     _REGISTRY[name] = loader_factory
+    if layout:
+        _LAYOUTS[name] = layout
 
 
 def list_tasks() -> list[str]:
     """Registered task names, sorted."""
     return sorted(_REGISTRY)
+
+
+def _load(name: str, root: Path) -> Task:
+    try:
+        return _REGISTRY[name](root)
+    except DatasetLayoutError as err:
+        layout = _LAYOUTS.get(name)
+        if layout is None or "Expected layout" in str(err):
+            raise
+        raise type(err)(f"{str(err).rstrip('.')}. Expected layout: {layout}") from err
 
 
 def get_task(name: str, root: str | os.PathLike[str]) -> Task:
@@ -191,10 +205,10 @@ def get_task(name: str, root: str | os.PathLike[str]) -> Task:
     """
     root = Path(root)
     if name in _REGISTRY:
-        return _REGISTRY[name](root)
+        return _load(name, root)
     prefix, sep, _ = name.partition(":")
     if sep and prefix in _REGISTRY:
-        task = _REGISTRY[prefix](root)
+        task = _load(prefix, root)
         if task.spec.name != name:
             raise DatasetLayoutError(f"requested task {name!r} but the dataset at {root} is {task.spec.name!r}")
         return task
@@ -242,7 +256,7 @@ def read_csv_dicts(path: Path, layout: str, columns: Sequence[str]) -> list[tupl
     """
     require_file(path, layout)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheet export) is not data
             reader = csv.DictReader(fh)
             found = reader.fieldnames or []
             missing = [c for c in columns if c not in found]
@@ -274,7 +288,7 @@ def read_csv_lists(path: Path, layout: str) -> list[tuple[int, list[str]]]:
     """
     require_file(path, layout)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (spreadsheet export) is not data
             reader = csv.reader(fh)
             return [(reader.line_num, [f.strip() for f in row]) for row in reader if any(f.strip() for f in row)]
     except (UnicodeDecodeError, csv.Error) as exc:

@@ -103,4 +103,4 @@ class Esc50Task(Task):
         return list(self._clips[split])
 
 
-register_task("esc50", Esc50Task)
+register_task("esc50", Esc50Task, layout=ESC50_LAYOUT)

@@ -134,4 +134,4 @@ class Fsd50kTask(Task):
         return list(self._clips[split])
 
 
-register_task("fsd50k", Fsd50kTask)
+register_task("fsd50k", Fsd50kTask, layout=FSD50K_LAYOUT)

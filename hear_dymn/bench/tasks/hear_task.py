@@ -128,7 +128,7 @@ class HearTask(Task):
     def _read_metadata(path: Path) -> dict[str, Any]:
         require_file(path, HEAR_LAYOUT)
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
+            meta = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DatasetLayoutError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(meta, dict):
@@ -179,7 +179,7 @@ class HearTask(Task):
     def _read_split_json(path: Path) -> dict[str, list[Any]]:
         require_file(path, HEAR_LAYOUT)
         try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
+            entries = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DatasetLayoutError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(entries, dict) or not all(isinstance(v, list) for v in entries.values()):
@@ -206,4 +206,4 @@ class HearTask(Task):
         return list(self._clips[split])
 
 
-register_task("hear", HearTask)
+register_task("hear", HearTask, layout=HEAR_LAYOUT)

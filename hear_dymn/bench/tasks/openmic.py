@@ -161,7 +161,7 @@ class OpenMicTask(Task):
     def _read_class_map(path: Path) -> tuple[str, ...]:
         require_file(path, OPENMIC_LAYOUT)
         try:
-            mapping = json.loads(path.read_text(encoding="utf-8"))
+            mapping = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DatasetLayoutError(f"{path}: not valid JSON ({exc}). Expected layout: {OPENMIC_LAYOUT}") from exc
         if (not isinstance(mapping, dict) or not mapping
@@ -189,4 +189,4 @@ class OpenMicTask(Task):
         return list(self._clips[split])
 
 
-register_task("openmic", OpenMicTask)
+register_task("openmic", OpenMicTask, layout=OPENMIC_LAYOUT)
