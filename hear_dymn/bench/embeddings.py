@@ -265,10 +265,6 @@ class EmbeddingCache:
             return None
         return shard
 
-    def compute_shard(self, embedder: Embedder, clips: Sequence[Clip]) -> dict[str, np.ndarray]:
-        """Embed ``clips`` with this cache's batch size (see :func:`compute_shard`)."""
-        return compute_shard(embedder, clips, self.batch_size)
-
     def get(self, embedder: Embedder, task: Task, split: str,
             progress: Callable[[int], None] | None = None) -> SplitEmbeddings:
         """Embeddings of ``split``, computing only the shards that are missing."""

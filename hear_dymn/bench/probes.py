@@ -67,8 +67,9 @@ tested). Results are reproducible given ``seed`` on the same device, thread coun
 per epoch is dominated by the matrix products of the 1024-wide layers, which both implementations must do: in
 ``reports/probe_speed.md`` the float32 products of hear-eval-kit's own trainings alone take 29-51 % of its wall
 time on full-protocol runs and ESC-50/FSD50K-sized tasks, so no float32 implementation of the same work can be 10x
-faster there; this one is 1.5-3.6x faster (2.6-5.8x with bfloat16 products). ``MLPProbeConfig.precision="bfloat16"`` runs the products in bfloat16 (faster where the CPU
-has AMX) and ``MLPProbeConfig.device`` moves the training to a GPU.
+faster there; this one is 1.5-3.6x faster (2.6-5.8x with bfloat16 products).
+``MLPProbeConfig.precision="bfloat16"`` runs the products in bfloat16 (faster where the CPU has AMX) and
+``MLPProbeConfig.device`` moves the training to a GPU.
 """
 from __future__ import annotations
 
@@ -889,8 +890,7 @@ def _fused_adam_supported(device: torch.device) -> bool:
     probe = torch.zeros(1, device=device)
     try:
         adam_update([probe.clone()], [probe.clone()], [probe.clone()], [probe.clone()], [],
-                              [torch.zeros((), device=device)], fused=True, amsgrad=False, lr=1e-3, maximize=False,
-                              **_ADAM)
+                    [torch.zeros((), device=device)], fused=True, amsgrad=False, lr=1e-3, maximize=False, **_ADAM)
     except (RuntimeError, NotImplementedError):
         logger.info("no fused Adam kernel for %s; using the single-tensor Adam (same update)", device)
         return False

@@ -383,17 +383,29 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
             result = run_probe(protocol, cfg, task, train, valid, test, seed)
             seconds += result.seconds
             per_round.setdefault(round_name, []).append(result.metrics[metric])
-            arrays = {"clip_ids": np.array(test.clip_ids, dtype=str), "targets": test.y, "scores": result.scores}
-            if test.mask is not None:
-                arrays["mask"] = test.mask
-            atomic_savez(result_dir / spec.name.replace(":", "_") / f"{round_name}_seed{seed}.npz", **arrays)
+            _save_predictions(result_dir, spec, f"{round_name}_seed{seed}", test.clip_ids, test.y, result.scores,
+                              test.mask)
     values = _summary_values(spec, per_round)
     config = {"probe_preset": cfg.linear_preset if protocol == "linear" else cfg.mlp_preset}
     if protocol == "mlp":
         config["precision"] = cfg.probe_precision
     row = _result_row(cfg, embedder, spec, protocol, values, per_round, params_m, gmacs, weights, seconds, config)
-    atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
+    atomic_write_text(result_dir / f"{_file_stem(spec)}.json", json.dumps(row, indent=2))
     return row
+
+
+def _file_stem(spec) -> str:
+    """The task's name as a file or folder name (``hear:<task>`` names hold a colon)."""
+    return spec.name.replace(":", "_")
+
+
+def _save_predictions(result_dir: Path, spec, run: str, clip_ids, targets: np.ndarray, scores: np.ndarray,
+                      mask: np.ndarray | None) -> None:
+    """One test split's predictions next to the row's JSON, so the reported metric can be recomputed."""
+    arrays = {"clip_ids": np.array(clip_ids, dtype=str), "targets": targets, "scores": scores}
+    if mask is not None:
+        arrays["mask"] = mask
+    atomic_savez(result_dir / _file_stem(spec) / f"{run}.npz", **arrays)
 
 
 def _summary_values(spec, per_round: dict[str, list[float]]) -> list[float]:
@@ -496,7 +508,7 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     for seed in seeds:
         for round_name, data in finetune_rounds(task):
             run = f"{round_name}_seed{seed}"
-            workdir = (Path(cfg.cache_dir) / "finetune" / key / spec.name.replace(":", "_")
+            workdir = (Path(cfg.cache_dir) / "finetune" / key / _file_stem(spec)
                        / f"v{TRAINING_VERSION}" / run)
             identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
             on_epoch = _epoch_logger(f"finetune {embedder.name}/{spec.name}/{run}") if progress else None
@@ -508,23 +520,19 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
             curves[run] = result.history
             if ctx.is_main:
                 test = [c for c in data.test if c.clip_id not in result.skipped]
-                arrays = {"clip_ids": np.array([c.clip_id for c in test], dtype=str),
-                          "targets": metric_targets(test, spec), "scores": result.scores}
-                mask = clip_masks(test)
-                if mask is not None:
-                    arrays["mask"] = mask
-                atomic_savez(result_dir / spec.name.replace(":", "_") / f"{run}.npz", **arrays)
+                _save_predictions(result_dir, spec, run, [c.clip_id for c in test], metric_targets(test, spec),
+                                  result.scores, clip_masks(test))
     values = _summary_values(spec, per_round)
     params_m, gmacs = model_complexity(embedder)
     weights = embedder.describe().get("weights", {})
     config = {"finetune_preset": cfg.finetune_preset, "recipe": recipe.name, "recipe_source": recipe.source,
               "epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size,
-              "processes": max(processes) if len(processes) == 1 else sorted(processes)}
+              "processes": next(iter(processes)) if len(processes) == 1 else sorted(processes)}
     row = _result_row(cfg, embedder, spec, "finetune", values, per_round, params_m, gmacs, weights, seconds, config)
     row["seeds"] = list(seeds)
     row["curves"] = curves
     if ctx.is_main:
-        atomic_write_text(result_dir / f"{spec.name.replace(':', '_')}.json", json.dumps(row, indent=2))
+        atomic_write_text(result_dir / f"{_file_stem(spec)}.json", json.dumps(row, indent=2))
     return row, skipped
 
 

@@ -83,11 +83,7 @@ class PretrainedCfg:
                     f"or not the release asset {self.file_name}; delete it and download again."
                 )
             return
-        try:
-            read_state_dict(path)
-        except CheckpointError as err:
-            raise CheckpointError(f"{err}\nIt should be the release asset {self.file_name} ({self.url}); delete "
-                                  f"it and download again.") from err
+        read_state_dict(path)
 
 
 def _cfg(name: str, arch: str, file_name: str, params_m: float, gmacs: float, audioset_map: float) -> PretrainedCfg:
