@@ -42,25 +42,41 @@ class MelConfig:
         return self.n_fft // 2 + 2
 
 
-def kaldi_mel_bank(cfg: MelConfig, fmin: float | None = None, fmax: float | None = None) -> Tensor:
-    """Mel matrix ``(n_mels, n_fft // 2 + 1)``: torchaudio's Kaldi banks plus a zero column for the Nyquist bin."""
-    bank, _ = kaldi.get_mel_banks(
-        cfg.n_mels, cfg.n_fft, float(cfg.sample_rate), cfg.fmin if fmin is None else fmin,
-        cfg.fmax if fmax is None else fmax, 100.0, -500.0, 1.0,
-    )
+def kaldi_mel_bank(cfg: MelConfig, fmin: float | None = None, fmax: float | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Mel matrix ``(n_mels, n_fft // 2 + 1)``: torchaudio's Kaldi banks plus a zero column for the Nyquist bin.
+
+    ``dtype=torch.float64`` evaluates the bank's formula in float64 (torchaudio builds it in the default dtype), not
+    the float32 bank cast up: its values then do not depend on a CPU's float32 ``log``.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        bank, _ = kaldi.get_mel_banks(
+            cfg.n_mels, cfg.n_fft, float(cfg.sample_rate), cfg.fmin if fmin is None else fmin,
+            cfg.fmax if fmax is None else fmax, 100.0, -500.0, 1.0,
+        )
+    finally:
+        torch.set_default_dtype(previous)
     return F.pad(bank, (0, 1))
 
 
 class MelFrontend(nn.Module):
-    """Waveform ``(batch, samples)`` float32 -> normalised log-mel ``(batch, 1, n_mels, frames)``."""
+    """Waveform ``(batch, samples)`` float32 -> normalised log-mel ``(batch, 1, n_mels, frames)``.
 
-    def __init__(self, cfg: MelConfig | None = None) -> None:
+    ``dtype=torch.float64`` builds window and mel bank in float64 (for float64 waveforms), so that the whole log-mel
+    is computed in float64; ``MelFrontend().double()`` would only cast the float32 constants.
+    """
+
+    def __init__(self, cfg: MelConfig | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.cfg = cfg or MelConfig()
         c = self.cfg
-        self.register_buffer("preemphasis_kernel", torch.tensor([[[-c.preemphasis, 1.0]]]), persistent=False)
-        self.register_buffer("window", torch.hann_window(c.win_length, periodic=False), persistent=False)
-        self.register_buffer("mel_bank", kaldi_mel_bank(c), persistent=False)
+        self.register_buffer("preemphasis_kernel", torch.tensor([[[-c.preemphasis, 1.0]]], dtype=dtype),
+                             persistent=False)
+        self.register_buffer("window", torch.hann_window(c.win_length, periodic=False, dtype=dtype),
+                             persistent=False)
+        self.register_buffer("mel_bank", kaldi_mel_bank(c, dtype=dtype), persistent=False)
 
     def power_spectrogram(self, waveform: Tensor) -> Tensor:
         """Pre-emphasised power spectrogram ``(batch, n_fft // 2 + 1, frames)``."""

@@ -4,9 +4,16 @@ Two kinds of reference data:
 * ``{dymn04,mn04}_reference_3p7s.npz`` + ``*_random_weights.pt``: official-format checkpoints and the outputs the
   reference code computed from them (float32 and float64 runs) on a 3.7 s clip.
 * ``ref_<arch>_2s.npz`` for every registered architecture: outputs of the reference code, float64, on a 2 s
-  synthetic clip, with the weights ``random_state_dict(arch, seed=0)`` (regenerated here, not stored).
+  synthetic clip, with the weights ``random_state_dict(arch, seed=0)`` (regenerated here, not stored; they are built
+  in float64 and do not depend on the CPU). ``scripts/make_reference_data.py`` writes these files from a checkout of
+  the reference code.
 """
 from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +87,25 @@ def test_every_architecture_matches_reference(arch: str) -> None:
 
 def test_reference_data_covers_every_architecture() -> None:
     assert sorted(p.name for p in DATA.glob("ref_*_2s.npz")) == sorted(f"ref_{a}_2s.npz" for a in list_models())
+
+
+def _weights_digest(arch: str) -> str:
+    state = random_state_dict(arch, seed=0)
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_random_weights_do_not_depend_on_cpu_kernels() -> None:
+    """The weights the reference outputs were computed from must be the same on another CPU: rebuild them with
+    torch's scalar (non-SIMD) kernels, MKL in its conditional-reproducibility mode (other kernels and summation
+    orders: a float32 calibration, as built before, gave other weights this way), oneDNN limited to SSE4.1 and one
+    thread, and compare bit for bit."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+           "OMP_NUM_THREADS": "1", "HEAR_DYMN_THREADS": "1"}
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import test_reference as t; print(t._weights_digest('dymn04'))"
+    other = subprocess.run([sys.executable, "-c", code, str(DATA.parent)], env=env, capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split()[-1]
+    assert other == _weights_digest("dymn04")

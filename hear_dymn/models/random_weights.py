@@ -1,9 +1,12 @@
 """Random weights in the official checkpoint format, for tests and offline demos.
 
 The result is a plain state_dict with exactly the keys, shapes and dtypes of a released EfficientAT checkpoint,
-drawn from a seeded generator only (no forward passes), so the same (arch, seed) gives bit-identical tensors on
-every machine. BatchNorm statistics and affine parameters, linear layers and biases are perturbed so that every
-feature map depends on the input. These are **not** pretrained weights.
+drawn from a seeded generator, so the same (arch, seed) gives the same tensors on every machine. BatchNorm statistics
+and affine parameters, linear layers and biases are perturbed so that every feature map depends on the input; the
+BatchNorm running statistics are then calibrated on synthetic sounds. Every step runs in float64 (draws, log-mel,
+calibration forward pass) and only the result is rounded to float32: a CPU's float32 kernels (SIMD width, thread
+count) never enter the weights, whose float64 round-off is far below float32's resolution. These are **not**
+pretrained weights.
 
 CLI: ``python -m hear_dymn.models.random_weights dymn10 out.pt [--seed 0] [--num-classes 527]``
 """
@@ -29,18 +32,19 @@ def random_state_dict(arch: str, seed: int = 0, num_classes: int = 527, calibrat
         shape = tuple(meta.shape)
         leaf = key.rsplit(".", 1)[-1]
 
+        # float64 draws: torch's float32 normal sampler has a SIMD path whose rounding depends on the CPU
         def normal(std: float, mean: float = 0.0) -> torch.Tensor:
-            return torch.randn(shape, generator=gen) * std + mean
+            return torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean
 
         def uniform(low: float, high: float) -> torch.Tensor:
-            return torch.rand(shape, generator=gen) * (high - low) + low
+            return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
 
         if leaf == "num_batches_tracked":
             value = torch.tensor(1000, dtype=torch.int64)
         elif leaf == "lambdas":
-            value = torch.tensor([1.0, 1.0, 0.5, 0.5])
+            value = torch.tensor([1.0, 1.0, 0.5, 0.5], dtype=torch.float64)
         elif leaf == "init_v":
-            value = torch.tensor([1.0, 0.0, 0.0, 0.0])
+            value = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
         elif leaf == "running_mean":
             value = normal(0.1)
         elif leaf == "running_var":
@@ -59,29 +63,33 @@ def random_state_dict(arch: str, seed: int = 0, num_classes: int = 527, calibrat
             value = normal(1.0 / math.sqrt(fan_in))
         else:
             raise AssertionError(f"unhandled state_dict entry {key}")
-        out[key] = value.to(meta.dtype)
+        out[key] = value.to(meta.dtype)  # float32 rounding of a float64 value: the same on every machine
     if calibrate:
         _calibrate_batch_norm(arch, out, num_classes, seed)
     return out
 
 
-def synthetic_waveform(seed: int, seconds: float = 2.0, sample_rate: int = 32000) -> torch.Tensor:
-    """A deterministic test sound ``(samples,)``: a gated tone, a chirp and noise, varying with ``seed``."""
+def synthetic_waveform(seed: int, seconds: float = 2.0, sample_rate: int = 32000,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A deterministic test sound ``(samples,)``: a gated tone, a chirp and noise, varying with ``seed``.
+
+    Computed in float64 and returned in ``dtype``.
+    """
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
     f0 = 110.0 * (1 + seed % 7)
     tone = 0.3 * torch.sin(2 * math.pi * f0 * t) * ((t * (2 + seed % 3)) % 1 < 0.5)
     chirp = 0.2 * torch.sin(2 * math.pi * (200 + 1500 * (seed % 4) * t) * t)
     noise = (0.02 + 0.02 * (seed % 5)) * torch.randn(t.shape, generator=gen, dtype=torch.float64)
-    return (tone + chirp + noise).float()
+    return (tone + chirp + noise).to(dtype)
 
 
 def calibration_mel(seed: int = 0, batch: int = 6) -> torch.Tensor:
-    """Log-mel batch ``(batch, 1, 128, frames)`` of synthetic sounds, through the reference frontend."""
+    """Float64 log-mel batch ``(batch, 1, 128, frames)`` of synthetic sounds (the reference frontend's formula)."""
     from ..frontend import MelFrontend
 
-    waves = torch.stack([synthetic_waveform(1000 + seed * batch + i) for i in range(batch)])
-    return MelFrontend()(waves).double()
+    waves = torch.stack([synthetic_waveform(1000 + seed * batch + i, dtype=torch.float64) for i in range(batch)])
+    return MelFrontend(dtype=torch.float64)(waves)
 
 
 @torch.no_grad()
