@@ -126,3 +126,159 @@ def test_markdown_cells_are_inert():
     from hear_dymn.bench.report import _md_escape
 
     assert _md_escape("w|x*y* <b> [c](d) `e` f\\g dymn10_as") == "w\\|x\\*y\\* \\<b\\> \\[c\\](d) \\`e\\` f\\\\g dymn10_as"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots: the figures are checked before they become PNG bytes
+
+
+def _renderer(fig):
+    fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _assert_disjoint(boxes) -> None:
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not _boxes_overlap(a, b), (a, b)
+
+
+def _cluster_rows(n: int) -> list[dict]:
+    """``n`` results of similar size and score, so that naive labels would pile up on each other."""
+    protocols = ("linear", "mlp", "finetune")
+    return [
+        {
+            "model": f"dymn{10 + i}", "weights": "random init" if i % 3 == 0 else f"dymn{10 + i}_as",
+            "protocol": protocols[i % 3], "task": "esc50", "metric": "accuracy", "mean": 0.80 + 0.004 * (i % 5),
+            "std": 0.01, "n": 5, "params_m": 1.9 + 0.05 * i, "gmacs": 0.10 + 0.002 * i,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("n", [8, 20])
+def test_tradeoff_point_labels_do_not_overlap(n):
+    from hear_dymn.bench.report import _tradeoff_figure
+
+    rows = _cluster_rows(n)
+    fig = _tradeoff_figure(rows, "gmacs", "GMACs", "t", "acc", REPORT_PRESETS["default"])
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]
+    assert len(labels) == n
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    _assert_disjoint(boxes)
+    frame = ax.get_window_extent(renderer)
+    for box in boxes:  # every label inside the axes, none hiding a marker
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for row in rows:
+            cx, cy = ax.transData.transform((row["gmacs"], 100 * row["mean"]))
+            assert not (box.x0 < cx < box.x1 and box.y0 < cy < box.y1)
+    legend_texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    if n > 12:  # many points: numbered in the plot, named in the legend
+        assert sorted(int(t.get_text()) for t in labels) == list(range(1, n + 1))
+        assert any(text.startswith("1  dymn10 [linear") for text in legend_texts)
+    else:
+        assert {t.get_text().split(" [")[0] for t in labels} == {r["model"] for r in rows}
+
+
+def test_tradeoff_point_labels_are_deterministic():
+    from hear_dymn.bench.report import _tradeoff_figure
+
+    def positions():
+        fig = _tradeoff_figure(_cluster_rows(8), "gmacs", "GMACs", "t", "acc", REPORT_PRESETS["default"])
+        return [(t.get_text(), t.xyann, t.get_ha(), t.get_va()) for t in fig.axes[0].texts]
+
+    assert positions() == positions()
+
+
+@pytest.mark.parametrize("span", [(1.9, 40.0), (0.02, 900.0), (0.4, 9.5)])
+def test_log_axis_tick_labels_are_plain_and_do_not_collide(span):
+    from hear_dymn.bench.report import _tradeoff_figure
+
+    lo, hi = span
+    rows = [{**r, "params_m": lo * (hi / lo) ** (i / 7)} for i, r in enumerate(_cluster_rows(8))]
+    fig = _tradeoff_figure(rows, "params_m", "parameters (M)", "t", "acc", REPORT_PRESETS["default"])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    renderer = _renderer(fig)
+    ticks = [t for t in ax.xaxis.get_majorticklabels() if t.get_visible() and t.get_text()]
+    assert len(ticks) >= 2
+    assert all(re.fullmatch(r"[0-9.]+", t.get_text()) for t in ticks), [t.get_text() for t in ticks]
+    _assert_disjoint([t.get_window_extent(renderer) for t in ticks])
+    assert not [t for t in ax.xaxis.get_minorticklabels() if t.get_visible() and t.get_text()]
+
+
+def test_bar_legend_explains_random_init_hatching():
+    from hear_dymn.bench.report import _bar_figure
+
+    def legend_texts(rows):
+        fig = _bar_figure(rows, "t", "acc", REPORT_PRESETS["default"])
+        legend = fig.axes[0].get_legend()
+        return [t.get_text() for t in legend.get_texts()], legend
+
+    texts, legend = legend_texts(_rows())
+    entry = next(t for t in texts if "random init" in t)
+    assert "not pretrained" in entry and "hatched" in entry
+    patch = legend.legend_handles[texts.index(entry)]
+    assert patch.get_hatch() == "xx"
+    assert any("reported" in t for t in texts) and {"linear", "mlp", "finetune"} <= set(texts)
+
+    pretrained = [r for r in _rows() if r["weights"] != "random init" and r.get("source") != "reported"]
+    texts, _ = legend_texts(pretrained)
+    assert not any("random init" in t for t in texts) and not any("reported" in t for t in texts)
+
+
+def _curve_rows(models: tuple[str, ...]) -> list[dict]:
+    return [
+        {
+            "model": model, "weights": f"{model}_as", "protocol": "finetune", "task": "esc50", "metric": "accuracy",
+            "mean": 0.9, "std": 0.01, "n": 5,
+            "curves": {
+                f"fold{k}_seed0": [{"epoch": e, "train_loss": 1.0 / (e + k), "valid_accuracy": 0.5 + 0.1 * e}
+                                   for e in range(3)]
+                for k in range(1, 6)
+            },
+        }
+        for model in models
+    ]
+
+
+def test_curves_give_each_fold_its_own_colour():
+    from matplotlib.colors import to_hex
+
+    from hear_dymn.bench.report import _curves_figure
+
+    fig = _curves_figure(_curve_rows(("dymn10",)), "ESC-50", "accuracy", REPORT_PRESETS["default"])
+    loss_ax = fig.axes[0]
+    assert len(fig.axes) == 2 and len(loss_ax.lines) == 5
+    assert len({to_hex(line.get_color()) for line in loss_ax.lines}) == 5
+    legend = fig.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"fold{k}_seed0" for k in range(1, 6)]
+    assert len({to_hex(h.get_color()) for h in legend.legend_handles}) == 5
+
+    # Two models: a fold keeps its colour across models, and each model has its own line style.
+    fig = _curves_figure(_curve_rows(("dymn10", "mn10")), "ESC-50", "accuracy", REPORT_PRESETS["default"])
+    lines = fig.axes[0].lines
+    assert len(lines) == 10
+    colours = [to_hex(line.get_color()) for line in lines]
+    assert len(set(colours)) == 5 and colours[:5] == colours[5:]
+    assert {line.get_linestyle() for line in lines[:5]} != {line.get_linestyle() for line in lines[5:]}
+    texts = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert "fold3_seed0" in texts
+    assert any(t.startswith("dymn10") for t in texts) and any(t.startswith("mn10") for t in texts)
+
+
+def test_plot_bytes_are_png_of_the_figures():
+    from hear_dymn.bench.report import _bar_plot, _curves_plot, _tradeoff_plot
+
+    cfg = REPORT_PRESETS["default"]
+    assert _tradeoff_plot(_cluster_rows(4), "gmacs", "GMACs", "t", "acc", cfg).startswith(PNG_MAGIC)
+    assert _bar_plot(_rows(), "t", "acc", cfg).startswith(PNG_MAGIC)
+    assert _curves_plot(_curve_rows(("dymn10",)), "ESC-50", "accuracy", cfg).startswith(PNG_MAGIC)
+    assert _tradeoff_plot(_rows(), "no_such_key", "x", "t", "acc", cfg) is None
+    assert _curves_plot(_rows(), "ESC-50", "accuracy", cfg) is None

@@ -21,8 +21,9 @@ key                meaning
 protocol and source; one column per task and metric; reported rows get a footnote with their citation; random-init
 weights are shown in bold). :func:`write_reports` writes ``leaderboard.md``, ``leaderboard.csv``,
 ``leaderboard.html`` (inline CSS, plots embedded as base64 PNG) and ``plots/*.png`` (score vs GMACs and vs
-parameters, and a bar chart with error bars, per task), each file written atomically (temporary file in the same
-directory, then ``os.replace``). Plots use matplotlib's Agg canvas directly, without touching pyplot state.
+parameters, a bar chart with error bars, and fine-tuning curves, per task), each file written atomically (temporary
+file in the same directory, then ``os.replace``). Plots use matplotlib's Agg canvas directly, without touching pyplot
+state; point labels are placed so that they do not overlap, and log axes carry plain, non-colliding tick labels.
 """
 from __future__ import annotations
 
@@ -39,10 +40,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes
 from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +425,24 @@ def _random_init_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
 
 _PROTOCOL_COLORS = {"linear": "tab:blue", "mlp": "tab:orange", "finetune": "tab:green"}
 _EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+_RANDOM_INIT_HATCH = "xx"
+_REPORTED_HATCH = "//"
+_RANDOM_INIT_LEGEND = "hatched: random init,\nnot pretrained"
+_REPORTED_LEGEND = "faded, hatched: reported,\nnot measured"
+_GROUP_LINESTYLES = ("-", "--", ":", "-.")
+_GROUP_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+# Point labels of the score-vs-cost scatters. Offsets are in points, boxes in display pixels.
+_LABEL_FONTSIZE = 7
+_LABEL_RADII_PT = (5.0, 9.0, 14.0, 20.0, 28.0, 38.0, 50.0, 64.0, 80.0, 100.0)
+_LABEL_ANGLES_DEG = (30, 0, -30, 90, -90, 150, 180, -150, 60, -60, 120, -120)  # in order of preference
+_LEADER_MIN_PT = 10.0  # a label placed farther than this from its point is joined to it by a leader line
+_LABEL_PAD_PX = 3.0  # free margin kept around every label
+_AMBIGUITY_COST = 40.0  # cost (in points of distance) of a label without leader nearer another point than its own
+_MAX_INLINE_LABELS = 12  # beyond this many points, points are numbered and named in the legend
+_MIN_AXES_FRACTION = 0.55  # the figure is widened when an outside legend leaves the axes less than this
+
+_Box = tuple[float, float, float, float]  # (x0, y0, x1, y1)
 
 
 def _protocol_color(protocol: str, protocols: Sequence[str]) -> str:
@@ -428,7 +452,26 @@ def _protocol_color(protocol: str, protocols: Sequence[str]) -> str:
     return _EXTRA_COLORS[others.index(protocol) % len(_EXTRA_COLORS)]
 
 
-def _new_figure(cfg: ReportConfig) -> Any:
+def _legend_protocols(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Protocols of ``rows`` for a legend: linear, mlp, finetune first, then the others in order of appearance."""
+    known = list(_PROTOCOL_COLORS)
+    present = dict.fromkeys(str(r["protocol"]) for r in rows)
+    return sorted(present, key=lambda p: known.index(p) if p in known else len(known))
+
+
+def _distinct_colors(n: int) -> list[tuple[float, ...]]:
+    """``n`` pairwise distinct colours: tab10, then tab20, then evenly spaced samples of a rainbow map."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return list(colormaps["tab10"].colors[:n])
+    if n <= 20:
+        return list(colormaps["tab20"].colors[:n])
+    cmap = colormaps["turbo"]
+    return [tuple(cmap(0.05 + 0.9 * i / (n - 1))) for i in range(n)]
+
+
+def _new_figure(cfg: ReportConfig) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -437,10 +480,14 @@ def _new_figure(cfg: ReportConfig) -> Any:
     return fig
 
 
-def _png_bytes(fig: Any) -> bytes:
+def _png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
     return buf.getvalue()
+
+
+def _png_or_none(fig: Figure | None) -> bytes | None:
+    return None if fig is None else _png_bytes(fig)
 
 
 def _point_label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> str:
@@ -452,9 +499,246 @@ def _point_label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ())
     return f"{row['model']} [{row['protocol']}{shown}]{reported}"
 
 
-def _tradeoff_plot(
+# ----------------------------------------------------------------------------------------------------------------
+# Label placement and tick choice
+
+
+def _overlap(a: _Box, b: _Box) -> float:
+    """Area shared by two boxes (0 when they are disjoint or only touch)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _padded(box: _Box, pad: float) -> _Box:
+    return (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+
+
+def _area_outside(box: _Box, frame: _Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame)
+
+
+def _nearest_on_box(x: float, y: float, box: _Box) -> tuple[float, float]:
+    return min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])
+
+
+def _box_distance(x: float, y: float, box: _Box) -> float:
+    nx, ny = _nearest_on_box(x, y, box)
+    return math.hypot(x - nx, y - ny)
+
+
+def _segment_crosses(p: tuple[float, float], q: tuple[float, float], box: _Box) -> bool:
+    """Whether the segment from ``p`` to ``q`` passes through ``box`` (checked at a few points along it)."""
+    for k in range(1, 10):
+        t = k / 10
+        x, y = p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])
+        if box[0] < x < box[2] and box[1] < y < box[3]:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class _LabelSpot:
+    """One candidate position of a point label."""
+
+    offset_pt: tuple[float, float]  # text anchor relative to the point
+    ha: str
+    va: str
+    box: _Box  # the text box in display pixels
+    preference: float  # lower is better: distance from the point, then direction
+
+
+def _label_spots(center: tuple[float, float], size: tuple[float, float], px_per_pt: float) -> list[_LabelSpot]:
+    """Candidate spots around a point, nearest and most preferred first."""
+    width, height = size
+    spots = []
+    for radius in _LABEL_RADII_PT:
+        for rank, angle in enumerate(_LABEL_ANGLES_DEG):
+            c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            ha = "left" if c > 0.3 else "right" if c < -0.3 else "center"
+            va = "bottom" if s > 0.3 else "top" if s < -0.3 else "center"
+            ax_px = center[0] + radius * c * px_per_pt
+            ay_px = center[1] + radius * s * px_per_pt
+            x0 = {"left": ax_px, "right": ax_px - width, "center": ax_px - width / 2}[ha]
+            y0 = {"bottom": ay_px, "top": ay_px - height, "center": ay_px - height / 2}[va]
+            spots.append(_LabelSpot((radius * c, radius * s), ha, va, (x0, y0, x0 + width, y0 + height),
+                                    radius + 0.5 * rank))
+    return sorted(spots, key=lambda spot: spot.preference)
+
+
+def _place_point_labels(
+    ax: Axes, points: Sequence[tuple[float, float]], texts: Sequence[str], marker_radii_pt: Sequence[float],
+    error_bars: Sequence[tuple[float, float] | None],
+) -> tuple[list[Artist], bool]:
+    """Label every point at the nearest spot that keeps clear of the other labels and of every marker.
+
+    A deterministic greedy search: points are labelled from left to right; each label takes the first candidate
+    spot (ordered by distance, then direction) that lies inside the axes and overlaps no placed label, marker or
+    error bar, or else the spot with the least overlap; a label without a leader line also avoids spots nearer
+    another point than its own. A label placed away from its point gets a thin leader line. The axes limits and
+    position must be final (after the layout) when this is called.
+
+    Args:
+        ax: the axes, with its limits and position fixed.
+        points: label anchors in data coordinates.
+        texts: one label per point.
+        marker_radii_pt: marker radius of each point, in points.
+        error_bars: ``(low, high)`` of each point's error bar in data coordinates, or ``None``.
+
+    Returns:
+        The added artists (labels and leader lines) and whether every label is clear of the other labels and the
+        markers and lies inside the axes.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import Affine2D, ScaledTranslation
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    frame = _padded(tuple(ax.get_window_extent(renderer).extents), -_LABEL_PAD_PX)
+    centers = [tuple(float(v) for v in ax.transData.transform(p)) for p in points]
+    markers = [(cx - r * px_per_pt, cy - r * px_per_pt, cx + r * px_per_pt, cy + r * px_per_pt)
+               for (cx, cy), r in zip(centers, marker_radii_pt)]
+    bars = []
+    for (x, _), err in zip(points, error_bars):
+        if err is not None:
+            (bx, lo), (_, hi) = ax.transData.transform([(x, err[0]), (x, err[1])])
+            bars.append((bx - 3 * px_per_pt, lo, bx + 3 * px_per_pt, hi))
+
+    sizes = []
+    for text in texts:
+        probe = ax.text(0, 0, text, fontsize=_LABEL_FONTSIZE)
+        extent = probe.get_window_extent(renderer)
+        sizes.append((extent.width, extent.height))
+        probe.remove()
+
+    placed: list[_Box] = []
+    artists: list[Artist] = []
+    clear = True
+    for i in sorted(range(len(points)), key=lambda k: (centers[k][0], -centers[k][1], k)):
+        best: tuple[float, _LabelSpot] | None = None
+        for spot in _label_spots(centers[i], sizes[i], px_per_pt):
+            padded = _padded(spot.box, _LABEL_PAD_PX)
+            leader = math.hypot(*spot.offset_pt) > _LEADER_MIN_PT
+            end = _nearest_on_box(*centers[i], spot.box)
+            own = _box_distance(*centers[i], spot.box)
+            ambiguous = 0 if leader else sum(
+                _box_distance(*c, spot.box) < own for j, c in enumerate(centers) if j != i)
+            cost = (
+                _AMBIGUITY_COST * ambiguous
+                + 1e6 * _area_outside(spot.box, frame)
+                + 1e4 * sum(_overlap(padded, b) for b in placed)
+                + 1e4 * sum(_overlap(padded, m) for m in markers)
+                + 1e2 * sum(_overlap(spot.box, b) for b in bars)
+                + (1e3 * sum(_segment_crosses(centers[i], end, b)
+                             for b in [*placed, *(m for j, m in enumerate(markers) if j != i)]) if leader else 0.0)
+            )
+            if best is None or cost + spot.preference < best[0]:
+                best = (cost + spot.preference, spot)
+            if cost == 0:
+                break  # spots come in order of preference: the first free one wins
+        assert best is not None
+        spot = best[1]
+        clear = clear and _area_outside(spot.box, frame) == 0 and not any(
+            _overlap(spot.box, b) for b in [*placed, *markers])
+        placed.append(spot.box)
+
+        label = ax.annotate(texts[i], points[i], xytext=spot.offset_pt, textcoords="offset points", ha=spot.ha,
+                            va=spot.va, fontsize=_LABEL_FONTSIZE, annotation_clip=False)
+        label.set_in_layout(False)
+        artists.append(label)
+        if math.hypot(*spot.offset_pt) > _LEADER_MIN_PT:
+            ex, ey = _nearest_on_box(*centers[i], spot.box)
+            dx, dy = (ex - centers[i][0]) / px_per_pt, (ey - centers[i][1]) / px_per_pt
+            start = marker_radii_pt[i] / max(math.hypot(dx, dy), 1e-9)
+            to_display = Affine2D().scale(1 / 72) + fig.dpi_scale_trans + ScaledTranslation(*points[i], ax.transData)
+            line = Line2D([dx * start, dx], [dy * start, dy], transform=to_display, color="0.45", linewidth=0.6,
+                          zorder=1.5)
+            line.set_in_layout(False)
+            ax.add_artist(line)
+            artists.append(line)
+    return artists, clear
+
+
+def _log_ticks(lo: float, hi: float, level: int) -> list[float]:
+    """Round tick values in ``[lo, hi]`` for a log axis; higher levels are sparser.
+
+    Level 0 takes 1, 2 and 5 times each power of ten, level 1 takes 1 and 3, level 2 the powers of ten, and
+    level 2 + k every (k + 1)-th power of ten.
+    """
+    subs = {0: (1, 2, 5), 1: (1, 3)}.get(level, (1,))
+    every = max(1, level - 1)
+    ticks = []
+    for exponent in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        if exponent % every:
+            continue
+        for sub in subs:
+            value = float(f"{sub * 10.0 ** exponent:.12g}")
+            if lo * (1 - 1e-9) <= value <= hi * (1 + 1e-9):
+                ticks.append(value)
+    return ticks
+
+
+def _tick_text(value: float, _pos: Any = None) -> str:
+    return f"{value:g}"
+
+
+def _ticklabels_collide(ax: Axes, pad_px: float = 2.0) -> bool:
+    fig = ax.figure
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted(tuple(t.get_window_extent(renderer).extents) for t in ax.xaxis.get_majorticklabels()
+                   if t.get_visible() and t.get_text())
+    return any(a[2] + pad_px > b[0] for a, b in zip(boxes, boxes[1:]))
+
+
+def _fit_log_xticks(ax: Axes) -> None:
+    """Label a log x axis with plain round numbers (``0.5``, ``1``, ``2``, ``10``), as many as fit without two
+    labels touching; minor ticks stay unlabelled."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(ax.get_xlim())
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.xaxis.set_minor_locator(LogLocator(subs=tuple(range(2, 10))))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    level = 0
+    while True:
+        ticks = _log_ticks(lo, hi, level)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        if not _ticklabels_collide(ax) or len(_log_ticks(lo, hi, level + 1)) < 2:
+            return
+        level += 1
+
+
+def _fit_layout(fig: Figure, axes: Sequence[Axes], legend: Any, cfg: ReportConfig, log_x: bool = False) -> None:
+    """Tight layout around an outside legend: the figure grows when the legend is taller than it, or when the
+    legend leaves the axes (all together) too narrow; with ``log_x`` the first axes gets x ticks that fit."""
+    renderer = fig.canvas.get_renderer()
+    width, height = cfg.figsize
+    legend_height = legend.get_window_extent(renderer).height / fig.dpi
+    fig.set_size_inches(width, max(height, legend_height + 0.4))
+    fig.tight_layout()
+    span = max(ax.get_position().x1 for ax in axes) - min(ax.get_position().x0 for ax in axes)
+    if span * width < _MIN_AXES_FRACTION * width:
+        fig.set_size_inches(width + (_MIN_AXES_FRACTION - span) * width, fig.get_size_inches()[1])
+        fig.tight_layout()
+    if log_x:
+        _fit_log_xticks(axes[0])
+        fig.tight_layout()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _tradeoff_figure(
     rows: Sequence[Mapping[str, Any]], x_key: str, x_label: str, title: str, y_label: str, cfg: ReportConfig
-) -> bytes | None:
+) -> Figure | None:
+    """Score against cost (``x_key``), one marker per row with its error bar, each labelled without overlaps.
+
+    Up to ``_MAX_INLINE_LABELS`` points carry their names; with more, or when the names cannot be placed clear of
+    each other, points carry numbers and the legend names them.
+    """
     points = [r for r in rows if _is_number(r.get(x_key)) and float(r[x_key]) > 0 and _is_number(r.get("mean"))]
     if not points:
         return None
@@ -463,21 +747,35 @@ def _tradeoff_plot(
     protocols = list(dict.fromkeys(str(r["protocol"]) for r in rows))
     fig = _new_figure(cfg)
     ax = fig.add_subplot()
+    xy: list[tuple[float, float]] = []
+    radii: list[float] = []
+    error_bars: list[tuple[float, float] | None] = []
+    keys: list[Line2D] = []
     for row in points:
         x, y = float(row[x_key]), 100.0 * float(row["mean"])
         yerr = 100.0 * float(row["std"]) if _is_number(row.get("std")) else None
         reported = _is_reported(row)
         color = _protocol_color(str(row["protocol"]), protocols)
-        ax.errorbar(
-            x, y, yerr=yerr, fmt="*" if reported else "o", markersize=12 if reported else 7, color=color,
-            markerfacecolor="white" if is_random_init(row.get("weights")) else color, capsize=3, linestyle="none",
-        )
-        ax.annotate(_point_label(row, rows), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    xs = [float(r[x_key]) for r in points]
-    if max(xs) / min(xs) > 20:
+        style = {
+            "marker": "*" if reported else "o", "markersize": 12 if reported else 7, "color": color,
+            "markerfacecolor": "white" if is_random_init(row.get("weights")) else color,
+        }
+        ax.errorbar(x, y, yerr=yerr, fmt=style["marker"], markersize=style["markersize"], color=color,
+                    markerfacecolor=style["markerfacecolor"], capsize=3, linestyle="none")
+        xy.append((x, y))
+        radii.append(style["markersize"] / 2 + 0.5)
+        error_bars.append((y - yerr, y + yerr) if yerr else None)
+        keys.append(Line2D([], [], linestyle="none", **style))
+    xs = [x for x, _ in xy]
+    log_x = max(xs) / min(xs) > 20
+    if log_x:
         ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+
     handles = [Line2D([], [], color=_protocol_color(p, protocols), marker="o", linestyle="none", label=p)
-               for p in dict.fromkeys(str(r["protocol"]) for r in points)]
+               for p in _legend_protocols(points)]
     if not all(_is_reported(r) for r in points):
         handles.append(Line2D([], [], color="gray", marker="o", linestyle="none", label="measured"))
     if any(_is_reported(r) for r in points):
@@ -485,19 +783,44 @@ def _tradeoff_plot(
     if any(is_random_init(r.get("weights")) for r in points):
         handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="none",
                               label="random init"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    return _png_bytes(fig)
+
+    names = [_point_label(row, rows) for row in points]
+    numbered = len(points) > _MAX_INLINE_LABELS
+    while True:
+        shown = handles
+        if numbered:
+            for i, (key, name) in enumerate(zip(keys, names), start=1):
+                key.set_label(f"{i}  {name}")
+            shown = [*handles, *keys]
+        legend = ax.legend(handles=shown, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                           borderaxespad=0.0)
+        _fit_layout(fig, [ax], legend, cfg, log_x=log_x)
+        texts = [str(i) for i in range(1, len(points) + 1)] if numbered else names
+        artists, clear = _place_point_labels(ax, xy, texts, radii, error_bars)
+        if clear or numbered:
+            return fig
+        for artist in artists:
+            artist.remove()
+        numbered = True
 
 
-def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: ReportConfig) -> bytes | None:
+def _tradeoff_plot(
+    rows: Sequence[Mapping[str, Any]], x_key: str, x_label: str, title: str, y_label: str, cfg: ReportConfig
+) -> bytes | None:
+    return _png_or_none(_tradeoff_figure(rows, x_key, x_label, title, y_label, cfg))
+
+
+def _bar_figure(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: ReportConfig) -> Figure | None:
+    """Mean ± std per row; colour gives the protocol, hatching marks random-init and reported rows (see legend)."""
     bars = [r for r in rows if _is_number(r.get("mean"))]
     if not bars:
         return None
+    from matplotlib.patches import Patch
+
     protocols = list(dict.fromkeys(str(r["protocol"]) for r in rows))
     fig = _new_figure(cfg)
     ax = fig.add_subplot()
@@ -507,7 +830,7 @@ def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: 
             i, 100.0 * float(row["mean"]),
             yerr=100.0 * float(row["std"]) if _is_number(row.get("std")) else None,
             color=_protocol_color(str(row["protocol"]), protocols), alpha=0.55 if reported else 0.9,
-            hatch="//" if reported else ("xx" if is_random_init(row.get("weights")) else None),
+            hatch=_REPORTED_HATCH if reported else (_RANDOM_INIT_HATCH if is_random_init(row.get("weights")) else None),
             edgecolor="black", linewidth=0.5, capsize=3,
         )
     ax.set_xticks(range(len(bars)))
@@ -515,31 +838,58 @@ def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: 
     ax.set_ylabel(y_label)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    return _png_bytes(fig)
+
+    handles = [Patch(facecolor=_protocol_color(p, protocols), edgecolor="black", linewidth=0.5, label=p)
+               for p in _legend_protocols(bars)]
+    if any(is_random_init(r.get("weights")) and not _is_reported(r) for r in bars):
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.5, hatch=_RANDOM_INIT_HATCH,
+                             label=_RANDOM_INIT_LEGEND))
+    if any(_is_reported(r) for r in bars):
+        handles.append(Patch(facecolor="0.6", alpha=0.55, edgecolor="black", linewidth=0.5, hatch=_REPORTED_HATCH,
+                             label=_REPORTED_LEGEND))
+    legend = ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                       handlelength=2.4, handleheight=1.6)
+    _fit_layout(fig, [ax], legend, cfg)
+    return fig
 
 
-def _curves_plot(rows: Sequence[Mapping[str, Any]], title: str, metric: str, cfg: ReportConfig) -> bytes | None:
+def _bar_plot(rows: Sequence[Mapping[str, Any]], title: str, y_label: str, cfg: ReportConfig) -> bytes | None:
+    return _png_or_none(_bar_figure(rows, title, y_label, cfg))
+
+
+def _curves_figure(rows: Sequence[Mapping[str, Any]], title: str, metric: str, cfg: ReportConfig) -> Figure | None:
     """Fine-tuning curves: training loss and (where the task has a validation split) the validation metric per
-    epoch, one line per model and run (fold/seed)."""
-    runs = [(str(r["model"]), name, history) for r in rows if isinstance(r.get("curves"), Mapping)
+    epoch, one line per model and run (fold/seed).
+
+    Each run name (``fold1_seed0``, ...) has its own colour; with several models (or weights, or protocols), each
+    has its own line style and marker, and the legend lists the runs by colour and the models by style.
+    """
+    runs = [(r, str(name), history) for r in rows if isinstance(r.get("curves"), Mapping)
             for name, history in r["curves"].items() if history]
     if not runs:
         return None
+    from matplotlib.lines import Line2D
+
     valid_key = f"valid_{metric}"
     has_valid = any(valid_key in h for _, _, history in runs for h in history)
     fig = _new_figure(cfg)
     axes = fig.subplots(1, 2 if has_valid else 1, squeeze=False)[0]
-    models = list(dict.fromkeys(model for model, _, _ in runs))
-    for model, name, history in runs:
-        color = _EXTRA_COLORS[models.index(model) % len(_EXTRA_COLORS)]
+    groups = list(dict.fromkeys(_row_key(row)[:3] for row, _, _ in runs))
+    group_names = {_row_key(row)[:3]: _point_label(row, rows) for row, _, _ in runs}
+    run_names = list(dict.fromkeys(name for _, name, _ in runs))
+    colors = _distinct_colors(len(run_names))
+    for row, name, history in runs:
+        g = groups.index(_row_key(row)[:3])
+        style = {
+            "color": colors[run_names.index(name)], "linestyle": _GROUP_LINESTYLES[g % len(_GROUP_LINESTYLES)],
+            "marker": _GROUP_MARKERS[g % len(_GROUP_MARKERS)], "alpha": 0.85, "markersize": 5,
+        }
+        label = name if len(groups) == 1 else f"{group_names[groups[g]]} {name}"
         epochs = [int(h["epoch"]) + 1 for h in history]
-        label = f"{model} {name}"
-        axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o", color=color, alpha=0.7, label=label)
+        axes[0].plot(epochs, [h["train_loss"] for h in history], label=label, **style)
         if has_valid and any(valid_key in h for h in history):
             axes[1].plot([e for e, h in zip(epochs, history) if valid_key in h],
-                         [100.0 * h[valid_key] for h in history if valid_key in h], marker="o", color=color,
-                         alpha=0.7, label=label)
+                         [100.0 * h[valid_key] for h in history if valid_key in h], label=label, **style)
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("training loss")
     axes[0].set_title(f"{title}: training loss", fontsize=9)
@@ -550,9 +900,25 @@ def _curves_plot(rows: Sequence[Mapping[str, Any]], title: str, metric: str, cfg
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[-1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    return _png_bytes(fig)
+
+    if len(groups) == 1:
+        handles = [Line2D([], [], color=c, marker=_GROUP_MARKERS[0], markersize=5, label=n)
+                   for n, c in zip(run_names, colors)]
+        legend_title = group_names[groups[0]]
+    else:
+        handles = [Line2D([], [], color=c, label=n) for n, c in zip(run_names, colors)]
+        handles += [Line2D([], [], color="black", linestyle=_GROUP_LINESTYLES[g % len(_GROUP_LINESTYLES)],
+                           marker=_GROUP_MARKERS[g % len(_GROUP_MARKERS)], markersize=5, label=group_names[key])
+                    for g, key in enumerate(groups)]
+        legend_title = None
+    legend = axes[-1].legend(handles=handles, fontsize=6, title=legend_title, title_fontsize=6, loc="upper left",
+                             bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    _fit_layout(fig, list(axes), legend, cfg)
+    return fig
+
+
+def _curves_plot(rows: Sequence[Mapping[str, Any]], title: str, metric: str, cfg: ReportConfig) -> bytes | None:
+    return _png_or_none(_curves_figure(rows, title, metric, cfg))
 
 
 def _plots(rows: Sequence[Mapping[str, Any]], cfg: ReportConfig) -> list[tuple[str, str, bytes]]:
