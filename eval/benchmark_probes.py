@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of our MLP probe vs hear-eval-kit's predictor on the same embeddings and the same work (CPU).
 
-    python eval/benchmark_probes.py                    # -> reports/probe_speed.md
+    python eval/benchmark_probes.py                    # -> reports/probe_speed/probe_speed.md
     python eval/benchmark_probes.py --scenarios interop esc50_like --epochs 9
 
 Scenarios (embedding files in heareval's format, read by both):
@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heareval_interop as interop  # noqa: E402
 
+from hear_dymn.bench.run_folder import write_run  # noqa: E402
 from hear_dymn.bench.probes import MLP_PRESETS, MLPProbeConfig, ProbeData, fit_mlp_folds  # noqa: E402
 
 ROOT = interop.ROOT
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/hear_dymn_probe_benchmark"))
     parser.add_argument("--interop-dir", type=Path, default=Path("/tmp/hear_dymn_heareval_interop"),
                         help="work dir of eval/heareval_interop.py (its layers=[5] embeddings)")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "probe_speed.md")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "probe_speed",
+                        help="report folder, replaced wholly (default: reports/probe_speed/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     interop.install_heareval()
@@ -235,9 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   flush=True)
             (work / "results.json").write_text(json.dumps(rows, indent=2))
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, args, loads))
-    print(f"[bench] wrote {args.out}", flush=True)
+    for path in write_run(args.out_dir, "benchmark_probes", {"probe_speed.md": render(rows, args, loads)}):
+        print(f"[bench] wrote {path}", flush=True)
     return 0
 
 

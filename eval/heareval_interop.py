@@ -2,7 +2,7 @@
 """hear-eval-kit interop: its embedding runner on ``hear_dymn``, then its predictor and our MLP probe on the
 very same embedding files.
 
-    python eval/heareval_interop.py                          # -> reports/heareval_interop.md
+    python eval/heareval_interop.py                          # -> reports/heareval_interop/heareval_interop.md
     python eval/heareval_interop.py --seeds 0 1 2 --work-dir /tmp/interop
 
 Steps (each heareval step runs in its own process, as a user would run it):
@@ -22,7 +22,7 @@ Steps (each heareval step runs in its own process, as a user would run it):
 5. Our :func:`hear_dymn.bench.probes.fit_mlp_folds` (``MLP_PRESETS["hear"]`` with ``grid_draw="heareval"``,
    i.e. the same 8 grid points, and ``shuffle=False`` like heareval's loader) on the embedding files heareval
    wrote (``<split>.embeddings.npy`` memmaps and ``<split>.target-labels.pkl``), one run per seed.
-6. ``reports/heareval_interop.md``: test accuracy per fold and seed, wall times, epochs, versions.
+6. ``reports/heareval_interop/heareval_interop.md``: test accuracy per fold and seed, wall times, epochs, versions.
 
 Two compatibility settings apply to heareval's processes only: Lightning 1.9.5 reads ``np.Inf`` (removed in
 NumPy 2), so the alias is restored before heareval starts, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets
@@ -53,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from hear_dymn.bench.run_folder import write_run  # noqa: E402
 from hear_dymn.bench.probes import MLP_PRESETS, ProbeData, ProbeResult, fit_mlp_folds, fold_splits  # noqa: E402
 from hear_dymn.bench.tasks.synthetic import HEAR_KFOLD_TASK_NAME, write_miniature  # noqa: E402
 
@@ -370,7 +371,7 @@ def render_report(info: dict[str, Any]) -> str:
         "",
         f"heareval's predictor ran at {he['started']} (1-minute load average {he['load']}), ours from "
         f"{info['ours_started']} (load {info['ours_load']}), each with {info['threads']} thread(s). These runs are "
-        "not interleaved, so machine load can skew the ratio; `reports/probe_speed.md` has interleaved runs.",
+        "not interleaved, so machine load can skew the ratio; `reports/probe_speed/probe_speed.md` has interleaved runs.",
         "",
         "| run | wall time (s) | epochs trained (all grid points + retrained splits) | ms per epoch |",
         "|---|---|---|---|",
@@ -388,7 +389,7 @@ def render_report(info: dict[str, Any]) -> str:
         f"Ratio heareval / ours (mean over seeds): {he['seconds'] / our_seconds:.1f}x in wall time. The runs "
         "stop at different epochs (different random streams), so the per-epoch cost is the fairer comparison: "
         f"{(he['seconds'] / max(he_epochs, 1)) / (our_seconds / max(our_epochs, 1)):.1f}x. "
-        "`eval/benchmark_probes.py` compares the two at equal epochs (`reports/probe_speed.md`).",
+        "`eval/benchmark_probes.py` compares the two at equal epochs (`reports/probe_speed/probe_speed.md`).",
         "",
         "## Versions and commands",
         "",
@@ -417,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="task, checkpoint, embeddings and heareval outputs (heareval steps already done "
                              "there are not rerun)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of our probe")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "heareval_interop.md")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "heareval_interop",
+                        help="report folder, replaced wholly (default: reports/heareval_interop/)")
     parser.add_argument("--fresh", action="store_true", help="delete --work-dir first")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for both predictors (heareval via OMP_NUM_THREADS; default 1: on a shared "
@@ -501,9 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": rounds, "heareval": heareval, "ours": ours, "versions": heareval_versions(),
         "ours_started": ours_started, "ours_load": ours_load,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_report(info))
-    print(f"[interop] wrote {args.out}", flush=True)
+    for path in write_run(args.out_dir, "heareval_interop", {"heareval_interop.md": render_report(info)}):
+        print(f"[interop] wrote {path}", flush=True)
     return 0
 
 

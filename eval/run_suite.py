@@ -19,88 +19,132 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from hear_dymn import threads  # noqa: E402  (first: sets the OpenMP wait policy before torch loads)
+from hear_dymn.bench.ray_backend import RayUnavailableError  # noqa: E402
 from hear_dymn.bench.suite import SUITES, SuiteConfig, run_suite, suite_config  # noqa: E402
+from hear_dymn.models import CheckpointError  # noqa: E402
 
 HELP = {
     "models": "architectures (dymn10: released weights, else random init in the quick suite), weights names "
               "(dymn10_as: required), checkpoint paths, or logmel",
-    "tasks": "esc50, fsd50k, openmic, hear (a HEAR task folder given with --data hear=PATH)",
+    "tasks": "esc50, fsd50k, openmic, hear (a HEAR task folder given with --data hear=PATH); default: the tasks "
+             "named in --data if given, else the suite's",
     "protocols": "linear, mlp, finetune",
     "finetune_preset": "fine-tuning recipes: paper (EfficientAT's per-task recipes) or quick (2 epochs)",
     "finetune_epochs": "override the preset's number of epochs",
-    "finetune_seeds": "fine-tuning seeds (default: 0 in the quick suite, --seeds in the paper suite)",
-    "finetune_models": "which of --models to fine-tune (default: dymn04 in the quick suite; all given --models "
-                       "when --models is set)",
+    "finetune_seeds": "fine-tuning seeds",
+    "finetune_models": "which of --models to fine-tune (all given --models when --models is set)",
     "seeds": "probe seeds; results are mean +- std",
-    "linear_preset": "linear probe preset", "mlp_preset": "MLP probe preset (quick, fast, hear)",
+    "linear_preset": "linear probe preset (default, fast)",
+    "mlp_preset": "MLP probe preset (quick, fast, hear: 8 grid points, hear_full: all 16)",
     "probe_precision": "precision of the MLP probe's matrix products: float32 (hear-eval-kit's) or bfloat16 "
-                       "(faster on CPUs with AMX, see reports/probe_speed.md; scores differ by rounding)",
-    "out_dir": "report folder", "cache_dir": "embedding cache and generated miniatures",
+                       "(faster on CPUs with AMX, see reports/probe_speed/; scores differ by rounding)",
+    "out_dir": "report folder; a folder holding an earlier run's report is replaced wholly (default: reports/ for "
+               "the default quick suite, reports/runs/NAME/ for any other run)",
+    "run_name": "NAME of the folder under reports/runs/ (default: from the suite, models, tasks and protocols)",
+    "cache_dir": "embedding cache, fine-tuning checkpoints and generated miniatures",
     "device": "cpu or cuda",
     "backend": "where embeddings are computed: local (this process) or ray (Ray actors; pip install "
                "'hear_dymn[ray]'); both fill the same cache",
     "ray_address": "Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: start one on this machine",
     "ray_workers": "Ray actors (default: as many as the cluster fits)",
     "ray_gpus_per_worker": "GPUs per Ray actor (0: CPU; 0.5: two actors share a GPU)",
-    "ray_cpus_per_worker": "CPUs per Ray actor, also its torch threads (default 1)",
+    "ray_cpus_per_worker": "CPUs per Ray actor, also its torch threads",
 }
 TYPES = {"finetune_epochs": int, "ray_workers": int, "ray_gpus_per_worker": float, "ray_cpus_per_worker": float}
 CHOICES = {"backend": ("local", "ray"), "probe_precision": ("float32", "bfloat16")}
+LISTS = ("models", "tasks", "protocols", "seeds", "finetune_models", "finetune_seeds")
+NOT_FLAGS = ("suite", "data", "allow_random_init")
+# what a user gets wrong (a name, a path, a layout, missing weights): one line on stderr, exit code 2
+USER_ERRORS = (ValueError, KeyError, CheckpointError, RayUnavailableError, FileNotFoundError)
+
+
+NONE_MEANS = {"finetune_models": "all networks", "finetune_seeds": "the probe seeds", "finetune_epochs": "the preset's",
+              "ray_address": "a local cluster", "ray_workers": "as many as fit"}
+
+
+def _shown(name: str, value) -> str:
+    if value is None:
+        return NONE_MEANS.get(name, "none")
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="quick", choices=sorted(SUITES))
+    quick, paper = suite_config("quick"), suite_config("paper")
+    parser.add_argument("--suite", default="quick", choices=sorted(SUITES),
+                        help="quick: offline synthetic miniatures; paper: the real datasets and released weights "
+                             "(default: quick)")
     for f in dataclasses.fields(SuiteConfig):
-        if f.name in ("suite", "data", "allow_random_init"):
+        if f.name in NOT_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("models", "tasks", "protocols", "seeds", "finetune_models", "finetune_seeds"):
+        ours, theirs = getattr(quick, f.name), getattr(paper, f.name)
+        default = (_shown(f.name, ours) if ours == theirs
+                   else f"{_shown(f.name, ours)}; paper suite: {_shown(f.name, theirs)}")
+        text = HELP.get(f.name, "")
+        if "default:" not in text:
+            text += f" (default: {default})"
+        if f.name in LISTS:
             kind = int if f.name in ("seeds", "finetune_seeds") else str
-            parser.add_argument(flag, nargs="+", type=kind, default=None, help=HELP.get(f.name))
+            parser.add_argument(flag, nargs="+", type=kind, default=None, help=text)
         else:
             parser.add_argument(flag, default=None, type=TYPES.get(f.name, str), choices=CHOICES.get(f.name),
-                                help=HELP.get(f.name))
+                                help=text)
     parser.add_argument("--data", nargs="+", default=[], metavar="TASK=PATH",
-                        help="dataset roots in their official layouts, e.g. esc50=/data/ESC-50-master")
+                        help="dataset roots in their official layouts, e.g. esc50=/data/ESC-50-master; without "
+                             "--tasks, only these tasks run")
     parser.add_argument("--no-random-init", action="store_true",
                         help="fail instead of falling back to random init when released weights are missing")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch threads (default: ${threads.ENV_THREADS}, else one per core this process may "
+                             "use; see hear_dymn/threads.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="log every step (INFO) and show tracebacks")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     data = {}
     for item in args.data:
         task, sep, path = item.partition("=")
-        if not sep or not path:
-            raise SystemExit(f"--data expects TASK=PATH, got {item!r}")
+        if not sep or not task or not path:
+            raise ValueError(f"--data expects TASK=PATH, got {item!r}")
         data[task] = path
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(SuiteConfig)
-                 if f.name not in ("suite", "data", "allow_random_init")}
-    for key in ("models", "tasks", "protocols", "seeds", "finetune_models", "finetune_seeds"):
+                 if f.name not in NOT_FLAGS}
+    for key in LISTS:
         if overrides.get(key) is not None:
             overrides[key] = tuple(overrides[key])
+    if data and args.tasks is None:
+        overrides["tasks"] = tuple(data)  # a user who points at datasets means those datasets
     if args.models is not None and args.finetune_models is None:
         overrides["finetune_models"] = tuple(args.models)
     if args.no_random_init:
         overrides["allow_random_init"] = False
-    cfg = suite_config(args.suite, data=data or None, **overrides)
-    if data:
-        cfg = dataclasses.replace(cfg, data=data)
-    if cfg.backend == "ray":
-        from hear_dymn.bench.ray_backend import RayUnavailableError, require_ray
+    cfg = suite_config(args.suite, **overrides)
+    return dataclasses.replace(cfg, data=data) if data else cfg
 
-        try:
-            require_ray()
-        except RayUnavailableError as err:
-            raise SystemExit(f"error: {err}") from None
-    result = run_suite(cfg, progress=not args.quiet)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        budget = threads.apply(args.threads)
+        cfg = config_from_args(args)
+        result = run_suite(cfg, progress=not args.quiet, threads=budget)
+    except USER_ERRORS as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
     if not result["provenance"]:  # a torchrun process other than rank 0: rank 0 writes the reports
         return 0
-    print(f"wrote {Path(cfg.out_dir) / 'leaderboard.md'} ({len(result['rows'])} rows, "
+    print(f"wrote {result['out_dir']}/ (leaderboard.md, .csv, .html, plots/; {len(result['rows'])} rows, "
           f"{result['provenance']['wall time']})")
     return 0
 

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# OpenMP threads sleep instead of spinning at barriers: on a busy machine spinning threads that lose their core stall
+# every other thread (hear_dymn sets the same default on import; set here too for anything that loads torch first)
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

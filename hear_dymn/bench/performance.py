@@ -37,7 +37,7 @@ from ..hear import (
 from ..models import PRETRAINED, AudioMobileNet, create_model
 from ..models.fast import fuse_for_inference
 from ..models.random_weights import random_state_dict, save_random_checkpoint, synthetic_waveform
-from .atomic import atomic_write_bytes, atomic_write_text
+from .run_folder import write_run
 
 logger = logging.getLogger(__name__)
 
@@ -524,7 +524,8 @@ def render_markdown(results: Results) -> str:
     lines.append(f"| {m['cpu']} | {m['logical_cpus']} | {m['torch_threads']} | {m['torch']} | {device} | {load} | "
                  f"{'all threads' if m.get('flush_all_threads') else 'off or partial'} |")
     lines += ["", f"sgemm ceiling (2048 x 2048 matmul, same threads): **{m['sgemm_gflops']:.0f} GFLOP/s**. "
-              f"OMP_WAIT_POLICY: {m['omp_wait_policy']}.", ""]
+              f"OMP_WAIT_POLICY: {m['omp_wait_policy']}."
+              + (f" Thread budget: {m['threads']}." if "threads" in m else ""), ""]
 
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in targets(results)]
@@ -706,12 +707,10 @@ def render_plot(results: Results) -> bytes:
 
 
 def write_reports(results: Results, out_dir: Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    paths = [out_dir / "performance.md", out_dir / "performance.csv", out_dir / "performance.png"]
-    atomic_write_text(paths[0], render_markdown(results))
-    atomic_write_text(paths[1], render_csv(results))
-    atomic_write_bytes(paths[2], render_plot(results))
-    return paths
+    """``performance.{md,csv,png}`` as the whole content of ``out_dir`` (see :mod:`.run_folder`)."""
+    files = {"performance.md": render_markdown(results), "performance.csv": render_csv(results),
+             "performance.png": render_plot(results)}
+    return write_run(out_dir, "benchmark", files)
 
 
 def _probe_main(argv: Sequence[str]) -> None:

@@ -11,12 +11,14 @@ Suites:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import platform
+import re
 import subprocess
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .. import threads as thread_budget
 from ..hear import HearModel, EmbeddingConfig
 from ..models import PRETRAINED, create_model, list_models
 from ..models.random_weights import random_state_dict
@@ -34,8 +37,9 @@ from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBas
 from .finetune import (TRAINING_VERSION, DistContext, FinetuneData, clip_masks, init_distributed, metric_targets,
                        run_finetune)
 from .recipes import FINETUNE_PRESETS, recipe_for
+from .run_folder import RunFolder, check_writable
 from .probes import LINEAR_PRESETS, MLP_PRESETS, MLPProbeConfig, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
-from .tasks import Task, get_task
+from .tasks import Task, check_task_name, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class SuiteConfig:
     linear_preset: str = "default"
     mlp_preset: str = "quick"
     probe_precision: str = "float32"  # MLPProbeConfig.precision: "float32" or "bfloat16" (matrix products)
-    out_dir: str = "reports"
+    out_dir: str | None = None  # None: output_folder() decides (reports/ for the default quick suite only)
+    run_name: str | None = None  # folder name under reports/runs/ when out_dir is None (default: from the options)
     cache_dir: str = "cache"
     data: dict[str, str] = field(default_factory=dict)  # task -> dataset root
     allow_random_init: bool = True  # architectures by name fall back to seeded random init when weights are missing
@@ -81,6 +86,48 @@ SUITES: dict[str, dict[str, Any]] = {
               "seeds": (0, 1, 2), "mlp_preset": "hear", "allow_random_init": False, "finetune_preset": "paper",
               "finetune_models": None, "finetune_seeds": None},
 }
+
+
+# options that change where and how a run computes, not its results: a default quick suite with these set is still
+# the default quick suite (the committed example report)
+_RESULT_NEUTRAL = ("out_dir", "run_name", "cache_dir", "backend", "ray_address", "ray_workers",
+                   "ray_gpus_per_worker", "ray_cpus_per_worker")
+EXAMPLE_REPORT = Path("reports")  # the committed example, written by the default quick suite
+RUNS_FOLDER = EXAMPLE_REPORT / "runs"
+
+
+def is_default_quick(cfg: SuiteConfig) -> bool:
+    default = suite_config("quick")
+    return all(getattr(cfg, f.name) == getattr(default, f.name) for f in fields(SuiteConfig)
+               if f.name not in _RESULT_NEUTRAL)
+
+
+def run_name(cfg: SuiteConfig) -> str:
+    """A folder name for the run: its suite, models, tasks and protocols, plus a short digest of any other option
+    that differs from the suite's defaults (so that the same command always writes the same folder)."""
+    if cfg.run_name:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", cfg.run_name):
+            raise ValueError(f"run name {cfg.run_name!r}: use letters, digits and . _ + = - (it names a folder)")
+        return cfg.run_name
+    models = [Path(m).stem if m.endswith(".pt") else m for m in cfg.models]
+    parts = [cfg.suite, "+".join(models), "+".join(t.replace(":", "_") for t in cfg.tasks), "+".join(cfg.protocols)]
+    name = re.sub(r"[^A-Za-z0-9._+=-]", "_", "-".join(parts))
+    default = suite_config(cfg.suite)
+    other = {f.name: getattr(cfg, f.name) for f in fields(SuiteConfig)
+             if f.name not in (*_RESULT_NEUTRAL, "suite", "models", "tasks", "protocols")
+             and getattr(cfg, f.name) != getattr(default, f.name)}
+    if other or len(name) > 80:
+        digest = hashlib.sha256(json.dumps(other, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        name = f"{name[:80]}-{digest}"
+    return name
+
+
+def output_folder(cfg: SuiteConfig) -> Path:
+    """``cfg.out_dir`` if set; else ``reports/`` for the default quick suite (unless it is given a run name) and
+    ``reports/runs/<name>/`` for any other run, so that a custom run never overwrites the committed example."""
+    if cfg.out_dir is not None:
+        return Path(cfg.out_dir)
+    return EXAMPLE_REPORT if is_default_quick(cfg) and not cfg.run_name else RUNS_FOLDER / run_name(cfg)
 
 
 def suite_config(suite: str = "quick", **overrides: Any) -> SuiteConfig:
@@ -206,14 +253,20 @@ def device_description(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
-    """Run ``cfg`` end to end; returns the provenance and the result rows (also written to ``cfg.out_dir``)."""
-    from .report import write_reports
+def run_suite(cfg: SuiteConfig, progress: bool = True, threads: thread_budget.ThreadBudget | None = None
+              ) -> dict[str, Any]:
+    """Run ``cfg`` end to end; returns the provenance, the result rows and the output folder (see
+    :func:`output_folder`), which afterwards holds this run's files only (:mod:`.run_folder`).
+
+    ``threads`` is the thread budget the caller applied, for the provenance (default: torch's current threads).
+    """
     from .tasks.synthetic import write_miniature
 
     started = time.perf_counter()
     _check_backend(cfg)  # before any work: an unknown backend or a missing Ray fails at once
     _check_protocols(cfg)
+    for name in cfg.tasks:
+        check_task_name(name)  # before a miniature writer or a loader says something less direct
     _check_data(cfg)
     _check_device(cfg)
     ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
@@ -223,7 +276,9 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"under torchrun ({ctx.world_size} processes) only --protocols finetune runs; run "
                          f"{', '.join(probes)} afterwards in a plain `python eval/run_suite.py` with the same "
                          "--cache-dir: it reads the finished fine-tuning runs and writes the combined report")
-    out_dir = Path(cfg.out_dir)
+    final_dir = output_folder(cfg)
+    if ctx.is_main:
+        check_writable(final_dir, keep=[Path(cfg.cache_dir)])  # refuse a folder of stray files before any work
     cache = EmbeddingCache(Path(cfg.cache_dir))
     data_roots = dict(cfg.data)
     for name in cfg.tasks:
@@ -243,6 +298,21 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
                              "(fine-tuning alone works with 2: --protocols finetune)")
     embedders = [build_embedder(spec, cfg.allow_random_init, ctx.device) for spec in cfg.models]
     _check_unique_names(embedders)
+    folder = RunFolder(final_dir, "run_suite", keep=[Path(cfg.cache_dir)]) if ctx.is_main else None
+    try:
+        return _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, final_dir, started,
+                           progress, threads)
+    except BaseException:
+        if folder is not None:
+            folder.discard()  # the previous report stays as it was
+        raise
+
+
+def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, final_dir, started, progress,
+                threads) -> dict[str, Any]:
+    from .report import write_reports
+
+    out_dir = folder.path if folder else final_dir  # staged; other torchrun processes write no report files
 
     rows: list[dict[str, Any]] = []
     skipped: dict[str, dict[str, str]] = {}
@@ -256,7 +326,8 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
             for name, task in tasks.items():
                 data = {}
                 for split in task.spec.splits:
-                    emb = cache.get(embedder, task, split, progress=_progress(progress, embedder.name, name, split))
+                    bar = _progress(progress, f"embed {embedder.name}/{name}/{split}", len(task.clips(split)))
+                    emb = cache.get(embedder, task, split, progress=bar)
                     extraction.record(emb)
                     if not emb.clip_ids:
                         first = next(iter(emb.skipped.items()), ("", "no clips listed"))
@@ -289,6 +360,7 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
         "versions": f"hear_dymn {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
                     f"python {platform.python_version()}",
         "device": device_description(ctx.device),
+        "threads": (threads or thread_budget.current()).describe(),
         "weights": {e.name: _weights_line(e) for e in embedders},
         "datasets": {name: f"{data_roots[name]} ({', '.join(f'{s}: {n}' for s, n in clip_counts[name].items())})"
                      for name in tasks},
@@ -306,7 +378,8 @@ def run_suite(cfg: SuiteConfig, progress: bool = True) -> dict[str, Any]:
                                      + f", trained with {' / '.join(trained) or '-'} process(es) (this run: "
                                      + f"{ctx.world_size}, {'DDP' if ctx.distributed else 'single'})")
     write_reports(rows, out_dir, provenance)
-    return {"provenance": provenance, "rows": rows}
+    folder.commit({"suite": cfg.suite, "rows": len(rows)})
+    return {"provenance": provenance, "rows": rows, "out_dir": final_dir}
 
 
 def _weights_line(embedder) -> str:
@@ -355,7 +428,8 @@ def _extract_embeddings(cfg: SuiteConfig, cache: EmbeddingCache, embedders, task
     return fill_cache(cache, work, ray_cfg, progress=progress)
 
 
-def _progress(enabled: bool, model: str, task: str, split: str):
+def _progress(enabled: bool, label: str, total: int):
+    """A callback advancing a tqdm bar of ``total`` clips, shown from the first update (cached splits are instant)."""
     if not enabled:
         return None
     try:
@@ -366,8 +440,10 @@ def _progress(enabled: bool, model: str, task: str, split: str):
 
     def update(n: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(desc=f"embed {model}/{task}/{split}", unit="clip", leave=False)
+            bar["bar"] = tqdm(desc=label, total=total, unit="clip", leave=False)
         bar["bar"].update(n)
+        if bar["bar"].n >= total:
+            bar["bar"].close()
 
     return update
 
@@ -511,7 +587,7 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
             workdir = (Path(cfg.cache_dir) / "finetune" / key / _file_stem(spec)
                        / f"v{TRAINING_VERSION}" / run)
             identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
-            on_epoch = _epoch_logger(f"finetune {embedder.name}/{spec.name}/{run}") if progress else None
+            on_epoch = _epoch_progress(f"finetune {embedder.name}/{spec.name}/{run}", recipe.epochs, progress)
             result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch)
             processes.add(result.processes)
             seconds += result.seconds
@@ -536,11 +612,25 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     return row, skipped
 
 
-def _epoch_logger(label: str):
-    def log(record: dict[str, float]) -> None:
-        logger.info("%s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+def _epoch_progress(label: str, epochs: int, bar_enabled: bool):
+    """Per-epoch callback: a tqdm bar over the epochs (when enabled) and an INFO line with the epoch's record."""
+    bar: dict[str, Any] = {}
 
-    return log
+    def update(record: dict[str, float]) -> None:
+        logger.info("%s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+        if not bar_enabled:
+            return
+        if "bar" not in bar:
+            from tqdm.auto import tqdm
+
+            bar["bar"] = tqdm(desc=label, total=epochs, unit="epoch", leave=False, initial=int(record["epoch"]))
+        done = int(record["epoch"]) + 1
+        bar["bar"].update(done - bar["bar"].n)
+        bar["bar"].set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "epoch"}, refresh=False)
+        if done >= epochs:
+            bar["bar"].close()
+
+    return update
 
 
 def _reported_rows(cfg: SuiteConfig) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ datasets in the same layouts are written by :mod:`hear_dymn.bench.tasks.syntheti
 from __future__ import annotations
 
 from .base import (
-    Clip, DatasetLayoutError, MissingDatasetFileError, Task, TaskSpec, UnsupportedTaskError, get_task, list_tasks,
-    register_task,
+    Clip, DatasetLayoutError, MissingDatasetFileError, Task, TaskSpec, UnsupportedTaskError, check_task_name, get_task,
+    list_tasks, register_task,
 )
 from .esc50 import Esc50Task
 from .fsd50k import Fsd50kTask
@@ -17,5 +17,5 @@ from .openmic import OpenMicTask
 
 __all__ = [
     "Clip", "TaskSpec", "Task", "DatasetLayoutError", "MissingDatasetFileError", "UnsupportedTaskError",
-    "register_task", "get_task", "list_tasks", "Esc50Task", "Fsd50kTask", "OpenMicTask", "HearTask",
+    "register_task", "get_task", "check_task_name", "list_tasks", "Esc50Task", "Fsd50kTask", "OpenMicTask", "HearTask",
 ]

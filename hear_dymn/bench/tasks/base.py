@@ -212,6 +212,14 @@ def get_task(name: str, root: str | os.PathLike[str]) -> Task:
         if task.spec.name != name:
             raise DatasetLayoutError(f"requested task {name!r} but the dataset at {root} is {task.spec.name!r}")
         return task
+    check_task_name(name)
+    raise AssertionError("unreachable")  # check_task_name raised
+
+
+def check_task_name(name: str) -> None:
+    """Raise ``KeyError`` (suggesting close matches) unless :func:`get_task` knows ``name``."""
+    if name in _REGISTRY or (":" in name and name.partition(":")[0] in _REGISTRY):
+        return
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise KeyError(f"unknown task {name!r}{hint} (registered: {', '.join(list_tasks()) or 'none'})")
