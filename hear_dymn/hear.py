@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -61,7 +62,7 @@ class EmbeddingConfig:
     window_hop_seconds: float = 7.5
     max_batch_windows: int = 8  # windows per network call: bounds memory for long audio
     min_seconds: float = 0.032  # shorter clips are zero-padded to this length
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast applies on CUDA only
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast on CUDA; elsewhere float32 + a warning
     fast: bool = True  # fused inference copy of the network + fast log-mel; False = the eager modules
 
     def __post_init__(self) -> None:
@@ -112,7 +113,38 @@ class HearModel(nn.Module):
         size = sum(info[i]["num_chs"] for i in self.cfg.layers) + (self.frontend.cfg.n_mels if self.cfg.mel_means else 0)
         self.scene_embedding_size: int = int(size)
         self.timestamp_embedding_size: int = int(size)
+        self._precision_warned = False
         self.eval()
+
+    def __repr__(self) -> str:
+        # One line (hear-validator prints the model): the facts that determine the embeddings, not the module tree.
+        # ``repr(model.network)`` still gives the full network.
+        parts = [f"layers={list(self.cfg.layers)}"] + (["mel_means"] if self.cfg.mel_means else [])
+        precision = self.cfg.precision
+        if precision != "fp32" and self.device.type != "cuda":
+            precision += " (inactive: float32)"
+        return (f"HearModel({self.network.arch}, weights={self._weights_label()}, "
+                f"embedding={' + '.join(parts)} -> {self.scene_embedding_size}, sample_rate={self.sample_rate}, "
+                f"timestamp_hop_ms={self.cfg.timestamp_hop_ms:g}, precision={precision}, device={self.device}, "
+                f"fast={self.cfg.fast})")
+
+    def _weights_label(self) -> str:
+        info = self.weights_info
+        if not info.get("name") and not info.get("path"):
+            seed = info.get("random_init_seed")
+            return "random init" + (f" (seed {seed})" if seed is not None else "")
+        label = info.get("name") or Path(info["path"]).name
+        return label + (f" sha256:{info['sha256'][:12]}" if info.get("sha256") else "")
+
+    def _warn_if_precision_inactive(self, stacklevel: int = 2) -> None:
+        """Warn (once per model) when ``precision`` asks for fp16/bf16 but the model is not on CUDA."""
+        if self.cfg.precision == "fp32" or self._precision_warned or self.device.type == "cuda":
+            return
+        self._precision_warned = True
+        warnings.warn(f"precision={self.cfg.precision!r} has no effect on {self.device.type.upper()}: "
+                      f"{self.cfg.precision} autocast applies on CUDA only, so the model runs in float32 "
+                      f"(move it with model.to('cuda'), or pass precision='fp32')", UserWarning,
+                      stacklevel=stacklevel + 1)
 
     def _check_windows(self) -> None:
         window = int(round(self.cfg.window_seconds * self.sample_rate))
@@ -196,6 +228,7 @@ class HearModel(nn.Module):
     def embed(self, audio: Tensor, timestamps_ms: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Scene embeddings ``(n, D)`` and, if ``timestamps_ms`` ``(T,)`` is given, timestamp embeddings
         ``(n, T, D)``; both float32 on the model's device."""
+        self._warn_if_precision_inactive(stacklevel=2)
         audio = self._pad_short(audio)
         n_sounds, n_samples = audio.shape
         starts = self._window_starts(n_samples)
@@ -327,20 +360,37 @@ def _load_network(path: str, model_name: str | None) -> AudioMobileNet:
     return create_model(arch, checkpoint_path=path, num_classes=num_classes)
 
 
-def _check_audio(audio: Tensor, model: HearModel) -> Tensor:
-    if isinstance(audio, np.ndarray):
-        audio = torch.from_numpy(audio)
-    if not isinstance(audio, Tensor):
-        raise TypeError(f"audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
-    if audio.dim() != 2:
-        hint = " For a single clip pass audio[None]." if audio.dim() == 1 else ""
+AUDIO_RULE = "a torch.Tensor or numpy.ndarray of shape (n_sounds, n_samples), float32"
+
+
+def _check_audio(audio: Tensor | np.ndarray, model: HearModel) -> Tensor:
+    """Apply the one input rule (:data:`AUDIO_RULE`, at ``model.sample_rate``) and return the audio as a tensor.
+
+    A numpy array is wrapped without a copy (copied only when it is read-only or has negative strides). Other
+    dtypes, float64 included, are refused with a message saying how to convert, never converted silently.
+    """
+    is_numpy = isinstance(audio, np.ndarray)
+    if not is_numpy and not isinstance(audio, Tensor):
+        kind = type(audio)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise TypeError(f"audio must be {AUDIO_RULE} at {model.sample_rate} Hz, got {name}")
+    if audio.ndim != 2:
+        hint = " For a single clip pass audio[None]." if audio.ndim == 1 else ""
         raise ValueError(f"audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}.{hint}")
-    if audio.dtype != torch.float32:
-        if audio.dtype.is_floating_point:
-            hint = "convert it with audio.float()"
-        else:
-            hint = "convert integer PCM to float32 in [-1, 1], e.g. audio.float() / 32768 for int16"
+    if is_numpy:
+        floating, wrong = audio.dtype.kind == "f", audio.dtype != np.float32
+        convert = "audio.astype(np.float32)"
+    else:
+        floating, wrong = audio.dtype.is_floating_point, audio.dtype != torch.float32
+        convert = "audio.float()"
+    if wrong:
+        hint = (f"convert it with {convert}" if floating else
+                f"convert integer PCM to float32 in [-1, 1], e.g. {convert} / 32768 for int16")
         raise TypeError(f"audio must be float32 at {model.sample_rate} Hz, got {audio.dtype}: {hint}")
+    if is_numpy:
+        if not audio.flags.writeable or any(stride < 0 for stride in audio.strides):
+            audio = audio.copy()  # torch.from_numpy needs a writeable array with non-negative strides
+        audio = torch.from_numpy(audio)
     if audio.shape[0] == 0 or audio.shape[1] == 0:
         raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
     # A NaN or infinity makes the sum non-finite: one reduction pass clears the common case. Only then (or when
@@ -359,20 +409,37 @@ def timestamps_for(num_samples: int, sample_rate: int, hop_ms: float) -> Tensor:
     return torch.arange(count, dtype=torch.float64) * hop_ms
 
 
-@torch.no_grad()
-def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
-    """``audio (n_sounds, n_samples)`` float32 at ``model.sample_rate`` -> ``(n_sounds, scene_embedding_size)``."""
-    audio = _check_audio(audio, model)
-    scene, _ = model.embed(audio, None)
+def get_scene_embeddings(audio: Tensor | np.ndarray, model: HearModel) -> Tensor:
+    """HEAR scene embeddings: per part, the mean of its frame vectors over the clip.
+
+    Args:
+        audio: ``(n_sounds, n_samples)`` float32 at ``model.sample_rate``, a torch.Tensor or a numpy.ndarray
+            (any other type, and any other dtype, float64 included, raises ``TypeError``). A tensor may be on
+            any device; the windows are moved to the model's device.
+    Returns:
+        ``(n_sounds, model.scene_embedding_size)`` float32 torch.Tensor on the model's device.
+    """
+    with torch.no_grad():
+        audio = _check_audio(audio, model)
+        model._warn_if_precision_inactive(stacklevel=2)
+        scene, _ = model.embed(audio, None)
     return scene
 
 
-@torch.no_grad()
-def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
-    """``audio (n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, D)`` and timestamps in ms
-    ``(n_sounds, n_timestamps)``, every ``model.cfg.timestamp_hop_ms`` from 0 to the end of the clip."""
-    audio = _check_audio(audio, model)
-    times = timestamps_for(audio.shape[1], model.sample_rate, model.cfg.timestamp_hop_ms)
-    _, stamps = model.embed(audio, times)
-    timestamps = times.float().to(stamps.device).expand(audio.shape[0], -1).contiguous()
+def get_timestamp_embeddings(audio: Tensor | np.ndarray, model: HearModel) -> tuple[Tensor, Tensor]:
+    """HEAR timestamp embeddings, every ``model.cfg.timestamp_hop_ms`` from 0 to the end of the clip.
+
+    Args:
+        audio: ``(n_sounds, n_samples)`` float32 at ``model.sample_rate``, a torch.Tensor or a numpy.ndarray
+            (any other type, and any other dtype, float64 included, raises ``TypeError``).
+    Returns:
+        Embeddings ``(n_sounds, n_timestamps, model.timestamp_embedding_size)`` and timestamps in ms
+        ``(n_sounds, n_timestamps)``, both float32 torch.Tensors on the model's device.
+    """
+    with torch.no_grad():
+        audio = _check_audio(audio, model)
+        model._warn_if_precision_inactive(stacklevel=2)
+        times = timestamps_for(audio.shape[1], model.sample_rate, model.cfg.timestamp_hop_ms)
+        _, stamps = model.embed(audio, times)
+        timestamps = times.float().to(stamps.device).expand(audio.shape[0], -1).contiguous()
     return stamps, timestamps

@@ -261,7 +261,12 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(esc50_root, 
     assert len(loss_one) == len(loss_two) == 3
     np.testing.assert_allclose(loss_two, loss_one, rtol=1e-4)
     np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-4)
-    assert float(a["metric"]) == float(b["metric"])
+    # Accuracy is an argmax: scores within 1e-4 of each other pick the same class unless the top two are within
+    # 2e-4 (here they are >= 1e-2 apart). Summation order differs between the runs, and on other CPUs in other ways,
+    # so only such near-ties may be scored differently.
+    top2 = np.sort(a["scores"], axis=1)[:, -2:]
+    near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= 2e-4))
+    assert abs(float(a["metric"]) - float(b["metric"])) <= near_ties / len(a["scores"])
     assert (tmp_path / "two" / "result.npz").exists()
 
 

@@ -1,6 +1,8 @@
 """HEAR 2021 semantics: sizes, dtypes, timestamps, batch vs single, windowed vs single pass, bad input."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from conftest import reference
 from hear_dymn import EmbeddingConfig, HearModel, create_model, get_scene_embeddings, get_timestamp_embeddings
 from hear_dymn import load_model
 from hear_dymn.models.random_weights import save_random_checkpoint, synthetic_waveform
+from hear_dymn.models.weights import sha256_of
 
 
 def noise(n_sounds: int, seconds: float, seed: int = 0) -> torch.Tensor:
@@ -63,6 +66,80 @@ def test_timestamp_mean_approximates_scene(hear_model: HearModel) -> None:
     stamps, _ = get_timestamp_embeddings(audio, hear_model)
     cos = torch.nn.functional.cosine_similarity(stamps.mean(1), scene).item()
     assert cos > 0.99
+
+
+def frame_weights(model: HearModel, seconds: float, monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per embedding part, the weights of every network frame (all windows) in the scene embedding and in the mean
+    of the timestamp embeddings: the network's frames are replaced by one-hot indicators, so both embeddings
+    return the weights themselves (the aggregation code runs unchanged)."""
+    audio = torch.zeros(1, int(round(seconds * model.sample_rate)))
+    real = model.frame_features
+    n_windows = len(model._window_starts(model._pad_short(audio).shape[1]))
+
+    def one_hot(batch: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        parts = []
+        for feats, step in real(batch):
+            n = feats.shape[2]
+            eye = torch.zeros(batch.shape[0], n_windows * n, n)
+            for k in range(batch.shape[0]):  # batch row = window index (one sound, all windows in one call)
+                eye[k, k * n:(k + 1) * n] = torch.eye(n)
+            parts.append((eye, step))
+        return parts
+
+    window = audio[:, :int(round(model.cfg.window_seconds * model.sample_rate))]
+    sizes = [n_windows * feats.shape[2] for feats, _ in real(model._pad_short(window))]
+    monkeypatch.setattr(model, "frame_features", one_hot)
+    monkeypatch.setattr(model, "scene_embedding_size", sum(sizes))
+    scene = get_scene_embeddings(audio, model)[0].double()
+    stamps = get_timestamp_embeddings(audio, model)[0][0].double().mean(0)
+    monkeypatch.undo()
+    return list(scene.split(sizes)), list(stamps.split(sizes))
+
+
+def weighting_distance(model: HearModel, seconds: float, monkeypatch) -> list[float]:
+    """Per part, the total-variation distance between the two weightings of the frames (see the README)."""
+    scene, stamps = frame_weights(model, seconds, monkeypatch)
+    for u, w in zip(scene, stamps):  # both are averages: weights sum to one
+        assert abs(float(u.sum()) - 1) < 1e-5 and abs(float(w.sum()) - 1) < 1e-5
+    return [0.5 * float((w - u).abs().sum()) for u, w in zip(scene, stamps)]
+
+
+# README (HEAR module, "Timestamp mean vs scene embedding"): the largest distance for clips of at least this length
+STATED_DISTANCE = {1.0: 0.14, 2.0: 0.085, 5.0: 0.05, 10.0: 0.04}
+
+
+@pytest.mark.parametrize("seconds", [1.0, 1.29, 2.25, 5.0, 5.13, 10.0, 11.04, 25.0])
+def test_timestamp_mean_weighting_within_stated_distance(dymn04_checkpoint, seconds: float, monkeypatch) -> None:
+    # 1.29, 2.25, 5.13 and 11.04 s are where the README's grid search found the largest distance of each range
+    model = load_model(str(dymn04_checkpoint))
+    distance = weighting_distance(model, seconds, monkeypatch)
+    bound = STATED_DISTANCE[max(length for length in STATED_DISTANCE if length <= seconds)]
+    assert max(distance) <= bound
+    assert max(distance) > 0  # not exact: frames are weighted unevenly (README)
+
+
+def test_single_frame_maps_agree_exactly(dymn04_checkpoint, monkeypatch) -> None:
+    # 0.2 s: maps 13, 15, 16 have one frame, so every timestamp is that frame and the mean equals the scene
+    distance = weighting_distance(load_model(str(dymn04_checkpoint)), 0.2, monkeypatch)
+    assert distance[2:5] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("seconds", [1.0, 5.0, 25.0])
+def test_timestamp_mean_within_bound_of_scene(dymn04_checkpoint, seconds: float, monkeypatch) -> None:
+    """Per channel, |mean of timestamp embeddings - scene embedding| <= distance x (max - min over the frames)."""
+    model = load_model(str(dymn04_checkpoint))
+    distance = weighting_distance(model, seconds, monkeypatch)
+    audio = noise(1, seconds)
+    scene = get_scene_embeddings(audio, model)[0]
+    stamps = get_timestamp_embeddings(audio, model)[0][0].mean(0)
+    window = min(audio.shape[1], int(round(model.cfg.window_seconds * model.sample_rate)))
+    windows = torch.cat([audio[:, s:s + window] for s in model._window_starts(audio.shape[1])])
+    spread, scale = [], []
+    for (feats, _), d in zip(model.frame_features(windows), distance):
+        spread.append(d * (feats.amax(dim=(0, 2)) - feats.amin(dim=(0, 2))))
+        scale.append(feats.abs().amax(dim=(0, 2)))
+    bound = torch.cat(spread) + 1e-5 * torch.cat(scale) + 1e-6  # float32 rounding of both averages
+    assert ((stamps - scene).abs() <= bound).all()
 
 
 def test_batch_equals_single_clips(hear_model: HearModel) -> None:
@@ -141,6 +218,89 @@ def test_bad_input_is_named(hear_model: HearModel, audio, error, match) -> None:
         get_scene_embeddings(audio, hear_model)
     with pytest.raises(error, match=match):
         get_timestamp_embeddings(audio, hear_model)
+
+
+def test_numpy_input_equals_tensor_input(hear_model: HearModel) -> None:
+    audio = noise(2, 0.6)
+    scene = get_scene_embeddings(audio, hear_model)
+    from_numpy = get_scene_embeddings(audio.numpy(), hear_model)
+    assert isinstance(from_numpy, torch.Tensor)
+    torch.testing.assert_close(from_numpy, scene, rtol=0, atol=0)
+    stamps, ts = get_timestamp_embeddings(audio.numpy(), hear_model)
+    assert isinstance(stamps, torch.Tensor) and isinstance(ts, torch.Tensor)
+    torch.testing.assert_close(stamps, get_timestamp_embeddings(audio, hear_model)[0], rtol=0, atol=0)
+    # read-only and reversed (negative-stride) arrays are copied rather than refused
+    frozen = audio.numpy().copy()
+    frozen.flags.writeable = False
+    torch.testing.assert_close(get_scene_embeddings(frozen, hear_model), scene, rtol=0, atol=0)
+    reversed_audio = audio.flip(1)
+    torch.testing.assert_close(get_scene_embeddings(audio.numpy()[:, ::-1], hear_model),
+                               get_scene_embeddings(reversed_audio, hear_model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("audio", "error", "match"), [
+    ([[0.0] * 32000], TypeError, r"torch\.Tensor or numpy\.ndarray .*float32 at 32000 Hz, got list$"),
+    ((0.0,) * 32000, TypeError, r"torch\.Tensor or numpy\.ndarray .*got tuple$"),
+    (np.float32(0.5), TypeError, r"torch\.Tensor or numpy\.ndarray .*got numpy\.float32$"),
+    (np.zeros(32000, dtype=np.float32), ValueError, r"\(n_sounds, n_samples\).*audio\[None\]"),
+    (np.zeros((1, 32000)), TypeError, r"float32 at 32000 Hz, got float64: convert it with audio\.astype\(np\.float32\)"),
+    (np.zeros((1, 32000), dtype=np.int16), TypeError, r"got int16.*audio\.astype\(np\.float32\) / 32768"),
+    (torch.zeros(1, 32000, dtype=torch.float16), TypeError, r"got torch\.float16: convert it with audio\.float\(\)"),
+    (np.full((1, 4000), np.nan, dtype=np.float32), ValueError, "NaN"),
+    (np.zeros((1, 0), dtype=np.float32), ValueError, "empty"),
+])
+def test_input_rule_is_stated(hear_model: HearModel, audio, error, match) -> None:
+    """One rule for both entry points: a torch.Tensor or numpy.ndarray, (n_sounds, n_samples), float32."""
+    with pytest.raises(error, match=match):
+        get_scene_embeddings(audio, hear_model)
+    with pytest.raises(error, match=match):
+        get_timestamp_embeddings(audio, hear_model)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_warns_on_cpu(dymn04_checkpoint, precision: str) -> None:
+    model = load_model(str(dymn04_checkpoint), precision=precision)
+    audio = noise(1, 0.5)
+    with pytest.warns(UserWarning, match=rf"precision='{precision}' has no effect on CPU.*runs in float32") as seen:
+        scene = get_scene_embeddings(audio, model)
+    assert len(seen) == 1 and seen[0].filename == __file__  # points at the caller's line
+    # it really runs in float32: the same numbers as an fp32 model
+    torch.testing.assert_close(scene, get_scene_embeddings(audio, load_model(str(dymn04_checkpoint))), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per model
+        get_timestamp_embeddings(audio, model)
+        get_scene_embeddings(audio, model)
+    fresh = load_model(str(dymn04_checkpoint), precision=precision)
+    with pytest.warns(UserWarning, match=f"precision='{precision}'"):
+        get_timestamp_embeddings(audio, fresh)
+
+
+def test_fp32_does_not_warn(dymn04_checkpoint) -> None:
+    model = load_model(str(dymn04_checkpoint), precision="fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_scene_embeddings(noise(1, 0.3), model)
+        get_timestamp_embeddings(noise(1, 0.3), model)
+
+
+def test_repr_is_short_and_names_the_recipe(dymn04_checkpoint) -> None:
+    model = load_model(str(dymn04_checkpoint))
+    text = repr(model)
+    assert "\n" not in text and len(text) < 250 and str(model) == text
+    for fact in ("HearModel(dymn04", f"weights=dymn04_random_weights.pt sha256:{sha256_of(dymn04_checkpoint)[:12]}",
+                 "layers=[5, 11, 13, 15, 16] + mel_means -> 704", "sample_rate=32000", "timestamp_hop_ms=50,",
+                 "precision=fp32,", "device=cpu", "fast=True"):
+        assert fact in text
+    # the module tree is still there for whoever asks for it
+    assert "DynamicInvertedResidual" in repr(model.network) and "FusedMobileNet" in repr(model.fused)
+    assert "HearModel(dymn04" in repr(torch.nn.ModuleList([model]))
+    other = load_model(str(dymn04_checkpoint), layers=[16], mel_means=False, timestamp_hop_ms=25, precision="bf16",
+                       fast=False)
+    assert "layers=[16] -> 384" in repr(other) and "timestamp_hop_ms=25," in repr(other)
+    assert "precision=bf16 (inactive: float32)" in repr(other) and "fast=False" in repr(other)
+    with torch.device("meta"):
+        network = create_model("mn10")
+    assert "weights=random init," in repr(HearModel(network, EmbeddingConfig(fast=False)))
 
 
 def test_options(dymn04_checkpoint) -> None:

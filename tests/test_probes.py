@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hear_dymn.bench import probes
+from hear_dymn.bench.probes import mlp as probes  # the MLP probe's internals
 from hear_dymn.bench.probes import (
     LINEAR_PRESETS,
     MLP_PRESETS,
