@@ -132,6 +132,10 @@ DRIVER = textwrap.dedent("""
     root, workdir, out, kill_after, task_name = sys.argv[1:6]
     overrides = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
     micro_batches = overrides.pop("micro_batches", 1)
+    from hear_dymn.bench.audio_store import AudioStore
+    from hear_dymn.bench.pipeline import LoaderOptions
+    store = AudioStore(overrides.pop("store")) if "store" in overrides else None
+    loader = LoaderOptions(workers=overrides.pop("loader_workers", 0))
     task = get_task(task_name, Path(root))
     name, data = finetune_rounds(task)[0]
     data.train = data.train[:16]
@@ -146,7 +150,7 @@ DRIVER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # a real crash, right after the epoch's checkpoint
 
     result = run_finetune(network, task.spec, data, recipe, 0, Path(workdir), ctx, on_epoch=on_epoch,
-                          micro_batches=micro_batches)
+                          micro_batches=micro_batches, loader=loader, store=store)
     if ctx.is_main:
         np.savez(out, scores=result.scores, metric=result.test_metric,
                  history=json.dumps(result.history), resumed=-1 if result.resumed_from_epoch is None
@@ -173,15 +177,16 @@ def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 def test_killed_run_resumes_to_the_same_result(esc50_root, tmp_path) -> None:
     driver = _driver(tmp_path)
+    audio = json.dumps({"store": str(tmp_path / "store"), "loader_workers": 1})  # batches built in a worker
     _run([sys.executable, str(driver), str(esc50_root), str(tmp_path / "straight"), str(tmp_path / "a.npz"), "-1",
-          "esc50"])
+          "esc50", audio])
     killed = _run([sys.executable, str(driver), str(esc50_root), str(tmp_path / "crash"), str(tmp_path / "b.npz"),
-                   "1", "esc50"], check=False)
+                   "1", "esc50", audio], check=False)
     assert killed.returncode == -9, killed.stderr  # SIGKILL
     state = torch.load(tmp_path / "crash" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and not (tmp_path / "crash" / "result.npz").exists()
     _run([sys.executable, str(driver), str(esc50_root), str(tmp_path / "crash"), str(tmp_path / "b.npz"), "-1",
-          "esc50"])
+          "esc50", audio])
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert int(b["resumed"]) == 2
     assert float(a["metric"]) == float(b["metric"])
@@ -243,16 +248,19 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(esc50_root, 
     """torchrun with 2 gloo processes on CPU computes what one process computes with 2 micro-batches.
 
     Both see the same global batches, augmentation and mixup partners, normalise each half-batch with its own
-    BatchNorm statistics and keep the first half's running statistics; only float summation order differs.
+    BatchNorm statistics and keep the first half's running statistics; only float summation order differs. Both
+    train on the 16-bit audio store (each its own; under torchrun rank 0 fills it, the other reads it) and the
+    torchrun processes build their batches in a loader worker each.
     (Against one process without micro-batches, the runs differ through BatchNorm statistics of half vs whole
     batches: training losses here differed by up to 0.06 and the docs state that.)
     """
     driver = _driver(tmp_path)
     one = [sys.executable, str(driver), str(esc50_root), str(tmp_path / "one"), str(tmp_path / "one.npz"), "-1",
-           "esc50", json.dumps({"micro_batches": 2})]
+           "esc50", json.dumps({"micro_batches": 2, "store": str(tmp_path / "store-one")})]
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(29500 + os.getpid() % 1000), str(driver), str(esc50_root), str(tmp_path / "two"),
-           str(tmp_path / "two.npz"), "-1", "esc50"]
+           str(tmp_path / "two.npz"), "-1", "esc50",
+           json.dumps({"store": str(tmp_path / "store-two"), "loader_workers": 1})]
     _run(one)
     _run(two)
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
@@ -268,6 +276,7 @@ def test_two_process_ddp_matches_one_process_with_two_micro_batches(esc50_root, 
     near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= 2e-4))
     assert abs(float(a["metric"]) - float(b["metric"])) <= near_ties / len(a["scores"])
     assert (tmp_path / "two" / "result.npz").exists()
+    assert len(list((tmp_path / "store-two").rglob("*.pcm"))) == 16  # the training clips, stored once
 
 
 def test_openmic_wavmix_binarises_targets_and_unites_masks(tmp_path) -> None:
@@ -286,3 +295,38 @@ def test_openmic_wavmix_binarises_targets_and_unites_masks(tmp_path) -> None:
         assert np.all(item["target"] <= item["mask"])  # a positive label is always an annotated one
         widened += int(np.any(item["mask"] > masks[position]))
     assert widened > 0  # some partners added annotations
+
+
+def test_loader_workers_do_not_change_results_and_the_store_serves_training(esc50_root, tmp_path,
+                                                                            monkeypatch) -> None:
+    """The same run with 0 or 2 audio loader workers gives the same numbers bit for bit; with the 16-bit audio
+    store every training clip is decoded once into it, evaluation still decodes exactly, and the fingerprint says
+    which audio trained the run."""
+    from hear_dymn import create_model
+    from hear_dymn.bench.audio_store import AudioStore
+    from hear_dymn.bench.pipeline import LoaderOptions
+    from hear_dymn.models.random_weights import random_state_dict
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task = get_task("esc50", esc50_root)
+        _, data = finetune_rounds(task)[0]
+        data = FinetuneData(train=data.train[:8], valid=None, test=data.test[:4])
+        network = create_model("dymn04")
+        network.load_state_dict(random_state_dict("dymn04", seed=0))
+        recipe = _tiny_recipe(epochs=1)
+        runs = {w: run_finetune(network, task.spec, data, recipe, 0, tmp_path / f"w{w}",
+                                loader=LoaderOptions(workers=w)) for w in (0, 2)}
+        np.testing.assert_array_equal(runs[0].scores, runs[2].scores)
+        assert runs[0].history == runs[2].history
+        store = AudioStore(tmp_path / "audio", 32000, "int16")
+        stored = run_finetune(network, task.spec, data, recipe, 0, tmp_path / "store", store=store,
+                              loader=LoaderOptions(workers=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(list(store.folder.rglob("*.pcm"))) == len(data.train)  # evaluation clips are not stored
+    np.testing.assert_allclose(stored.scores, runs[0].scores, atol=0.05)  # 16-bit audio: close, not equal
+    finger = json.loads((tmp_path / "store" / "fingerprint.json").read_text())
+    assert finger["audio"] == store.describe()
+    assert json.loads((tmp_path / "w0" / "fingerprint.json").read_text())["audio"] == "exact decode"

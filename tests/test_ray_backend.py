@@ -135,6 +135,8 @@ def test_suite_on_ray_writes_the_local_reports(ray_cluster, tasks, tmp_path, one
     assert provenance["embedding backend"].startswith(f"ray {ray_cluster.__version__}")
     assert provenance["embedding workers"].startswith("2 Ray actors x (1 CPU, 0 GPU) on 1 node(s)")
     assert "seconds per shard min" in provenance["embedding shards"]
+    throughput = provenance["embedding throughput"]
+    assert throughput.startswith("end to end ") and "network only" in throughput and "2 in parallel" in throughput
     assert local["provenance"]["embedding backend"] == "local"
 
 
@@ -179,3 +181,13 @@ def test_files_missing_on_a_worker_are_not_cached(tasks, tmp_path) -> None:
     gone = replace(clips[0], path=tmp_path / "gone.wav")
     _check_worker_saw_the_files(replace(shard, clips=(gone, *clips[1:])), skipped(gone, "no such file"))
     _check_worker_saw_the_files(shard, skipped(clips[1], "decoding failed (bad header)"))
+
+
+def test_actor_threads_and_loader_workers_share_its_cpus() -> None:
+    assert (RayConfig().actor_threads(), RayConfig().actor_loader_workers()) == (1, 0)  # CPU actors decode themselves
+    cpu = RayConfig(cpus_per_worker=4, loader_workers=1)
+    assert (cpu.actor_threads(), cpu.actor_loader_workers()) == (3, 1)
+    gpu = RayConfig(cpus_per_worker=4, gpus_per_worker=1)  # GPU actors: decoding beside the GPU
+    assert (gpu.actor_threads(), gpu.actor_loader_workers()) == (1, 3)
+    with pytest.raises(ValueError, match="loader_workers must be >= 0"):
+        RayConfig(loader_workers=-1)

@@ -25,7 +25,7 @@ import logging
 import statistics
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ import torch
 from ..frontend import MelFrontend
 from ..hear import HearModel, get_scene_embeddings
 from .atomic import atomic_savez, atomic_write_text
-from .audio import AudioReadError, read_audio
+from .pipeline import LoaderOptions, clip_loader
 from .tasks.base import Clip, Task
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class SplitEmbeddings:
     computed_clips: int = 0
     shard_seconds: list[float] = field(default_factory=list)  # one per computed shard
     location: str = ""  # the split's cache folder
+    network_seconds: float = 0.0  # of the computing time, the part spent in the network
+    loader_workers: int = 0
 
 
 def shard_plan(clips: Sequence[Clip], shard_size: int) -> list[list[Clip]]:
@@ -132,42 +134,94 @@ class Shard:
     clips: tuple[Clip, ...]
 
 
-def compute_shard(embedder: Embedder, clips: Sequence[Clip], batch_size: int = 8) -> dict[str, np.ndarray]:
+@dataclass
+class ShardTiming:
+    """Where a computed shard's time went: wall time end to end, and the part spent in the network."""
+
+    seconds: float = 0.0
+    network_seconds: float = 0.0
+
+
+def embedder_device(embedder: Embedder) -> str:
+    """The device the embedder computes on (sets the loader's defaults)."""
+    model = getattr(embedder, "model", None)
+    return str(getattr(model, "device", "cpu"))
+
+
+def embed_shards(embedder: Embedder, groups: Sequence[Sequence[Clip]], batch_size: int = 8,
+                 loader: LoaderOptions | None = None) -> Iterator[tuple[dict[str, np.ndarray], ShardTiming]]:
+    """Embed several shards' clips as one stream, so that decoding (in loader workers) overlaps the network also
+    across shard boundaries; yields each shard's arrays (as :func:`compute_shard`) and timing as it completes.
+
+    Within a shard, equal-length neighbours are batched together (at most ``batch_size``; batches never cross
+    shards), exactly as one shard at a time would be: the numbers do not depend on the stream or the workers.
+    """
+    clips = [c for group in groups for c in group]
+    owner = [k for k, group in enumerate(groups) for _ in group]
+    opts = (loader or LoaderOptions()).resolve(embedder_device(embedder))
+    results = [_ShardArrays() for _ in groups]
+    left = [len(group) for group in groups]
+    done = 0
+    last = time.perf_counter()
+    stream = clip_loader(clips, embedder.sample_rate, batch_size, workers=opts.workers, prefetch=opts.prefetch,
+                         pin_memory=bool(opts.pin_memory), groups=owner, device=embedder_device(embedder))
+    for batch in stream:
+        k = owner[(batch.indices or [i for i, _ in batch.skipped])[0]]
+        shard = results[k]
+        for i, reason in batch.skipped:
+            shard.skipped_ids.append(clips[i].clip_id)
+            shard.reasons.append(reason)
+        if batch.audio is not None:
+            started = time.perf_counter()
+            emb = embedder(batch.audio).numpy().astype(np.float32)
+            shard.timing.network_seconds += time.perf_counter() - started
+            shard.ids.extend(clips[i].clip_id for i in batch.indices)
+            shard.vectors.extend(emb)
+        left[k] -= len(batch.indices) + len(batch.skipped)
+        while done < len(groups) and left[done] == 0:  # shards complete in order: the stream is ordered
+            now = time.perf_counter()
+            results[done].timing.seconds = now - last
+            last = now
+            yield results[done].arrays(), results[done].timing
+            results[done] = _ShardArrays()  # release the finished shard
+            done += 1
+    while done < len(groups):  # empty shards (no clips) complete at once
+        yield results[done].arrays(), results[done].timing
+        done += 1
+
+
+@dataclass
+class _ShardArrays:
+    ids: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    timing: ShardTiming = field(default_factory=ShardTiming)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        dim = self.vectors[0].shape[0] if self.vectors else 0
+        return {
+            "clip_ids": np.array(self.ids, dtype=str),
+            "x": np.stack(self.vectors) if self.vectors else np.zeros((0, dim), np.float32),
+            "skipped_ids": np.array(self.skipped_ids, dtype=str),
+            "skipped_reasons": np.array(self.reasons, dtype=str),
+        }
+
+
+def compute_shard(embedder: Embedder, clips: Sequence[Clip], batch_size: int = 8, loader: LoaderOptions | None = None,
+                  timing: ShardTiming | None = None) -> dict[str, np.ndarray]:
     """Embed ``clips`` in order (equal-length neighbours batched together); unreadable files are skipped.
+
+    Decoding runs in the loader's workers (:mod:`.pipeline`). ``timing``, when given, receives the wall and
+    network seconds.
 
     Returns:
         The shard's arrays: ``clip_ids``, ``x`` ``(n, D)`` float32, ``skipped_ids``, ``skipped_reasons``.
     """
-    ids, vectors, skipped_ids, reasons = [], [], [], []
-    pending: list[tuple[str, np.ndarray]] = []
-
-    def flush() -> None:
-        if pending:
-            audio = torch.from_numpy(np.stack([a for _, a in pending]))
-            emb = embedder(audio).numpy().astype(np.float32)
-            ids.extend(i for i, _ in pending)
-            vectors.extend(emb)
-            pending.clear()
-
-    for clip in clips:
-        try:
-            audio = read_audio(clip.path, embedder.sample_rate)
-        except AudioReadError as err:
-            logger.warning("skipping %s: %s", clip.clip_id, err)
-            skipped_ids.append(clip.clip_id)
-            reasons.append(str(err))
-            continue
-        if pending and (len(pending) >= batch_size or len(pending[0][1]) != len(audio)):
-            flush()
-        pending.append((clip.clip_id, audio))
-    flush()
-    dim = vectors[0].shape[0] if vectors else 0
-    return {
-        "clip_ids": np.array(ids, dtype=str),
-        "x": np.stack(vectors) if vectors else np.zeros((0, dim), np.float32),
-        "skipped_ids": np.array(skipped_ids, dtype=str),
-        "skipped_reasons": np.array(reasons, dtype=str),
-    }
+    arrays, spent = next(embed_shards(embedder, [clips], batch_size, loader))
+    if timing is not None:
+        timing.seconds, timing.network_seconds = spent.seconds, spent.network_seconds
+    return arrays
 
 
 @dataclass
@@ -181,6 +235,8 @@ class ExtractionStats:
     shard_seconds: list[float] = field(default_factory=list)  # one per computed shard
     seconds: float = 0.0  # wall time spent computing
     retried_shards: int = 0  # shards sent again after their worker was lost
+    network_seconds: float = 0.0  # summed over workers: time inside the network calls
+    streams: int = 1  # network calls running side by side (Ray actors)
 
     @property
     def total_shards(self) -> int:
@@ -192,6 +248,23 @@ class ExtractionStats:
         self.computed_clips += emb.computed_clips
         self.shard_seconds.extend(emb.shard_seconds)
         self.seconds += sum(emb.shard_seconds)
+        self.network_seconds += emb.network_seconds
+        if emb.computed_shards:
+            self.workers = (f"1 process, {torch.get_num_threads()} torch thread(s), {emb.loader_workers} audio "
+                            "loader worker(s)")
+
+    def throughput(self) -> str:
+        """End-to-end and network-only clips/s of what was computed: which of the two limits the extraction."""
+        if not self.computed_clips or self.seconds <= 0:
+            return "nothing computed"
+        end_to_end = self.computed_clips / self.seconds
+        line = f"end to end {end_to_end:.1f} clips/s"
+        if self.network_seconds > 0:
+            network = self.streams * self.computed_clips / self.network_seconds
+            streams = f", {self.streams} in parallel" if self.streams > 1 else ""
+            line += (f", network only {network:.1f} clips/s{streams} (the network's share of the time: "
+                     f"{min(1.0, end_to_end / network):.0%})")
+        return line
 
     def provenance(self) -> dict[str, str]:
         computed = len(self.shard_seconds)
@@ -205,16 +278,19 @@ class ExtractionStats:
             line += " (all read from the cache)"
         if self.retried_shards:
             line += f"; {self.retried_shards} sent again after a lost worker"
-        return {"embedding backend": self.backend, "embedding workers": self.workers, "embedding shards": line}
+        return {"embedding backend": self.backend, "embedding workers": self.workers, "embedding shards": line,
+                "embedding throughput": self.throughput()}
 
 
 class EmbeddingCache:
     """Resumable on-disk cache of split embeddings (see the module docstring)."""
 
-    def __init__(self, root: Path, shard_size: int = 64, batch_size: int = 8) -> None:
+    def __init__(self, root: Path, shard_size: int = 64, batch_size: int = 8, loader: LoaderOptions | None = None
+                 ) -> None:
         self.root = Path(root) / "embeddings"
         self.shard_size = shard_size
         self.batch_size = batch_size
+        self.loader = loader or LoaderOptions()  # audio decoding workers (pipeline.py); results do not depend on it
 
     def split_dir(self, embedder: Embedder, task: Task, split: str) -> Path:
         safe_task = task.spec.name.replace(":", "_").replace("/", "_")
@@ -246,7 +322,7 @@ class EmbeddingCache:
 
     def fill_shard(self, embedder: Embedder, shard: Shard) -> dict[str, np.ndarray]:
         """Compute one shard here and store it; returns its arrays."""
-        arrays = compute_shard(embedder, shard.clips, self.batch_size)
+        arrays = compute_shard(embedder, shard.clips, self.batch_size, self.loader)
         self.write_shard(shard, arrays)
         return arrays
 
@@ -273,20 +349,26 @@ class EmbeddingCache:
         plan = self.shards(embedder, task, split)
         by_id = {c.clip_id: c for s in plan for c in s.clips}
         result = SplitEmbeddings([], np.zeros((0, 0), np.float32), np.zeros(0), None)
-        parts = []
-        for shard in plan:
-            arrays = self.load_shard(shard.path, shard.clips)
-            if arrays is None:
-                shard_start = time.perf_counter()
-                arrays = self.fill_shard(embedder, shard)
-                result.shard_seconds.append(time.perf_counter() - shard_start)
-                result.computed_shards += 1
-                result.computed_clips += len(shard.clips)
-            else:
-                result.cached_shards += 1
-            parts.append(arrays)
+        parts: list[dict[str, Any] | None] = [self.load_shard(shard.path, shard.clips) for shard in plan]
+        missing = [k for k, arrays in enumerate(parts) if arrays is None]
+        result.cached_shards = len(plan) - len(missing)
+        if progress is not None:
+            for shard, arrays in zip(plan, parts):
+                if arrays is not None:
+                    progress(len(shard.clips))
+        opts = self.loader.resolve(embedder_device(embedder))
+        result.loader_workers = int(opts.workers or 0)
+        # one stream over all missing shards: decoding runs ahead in the workers, across shard boundaries
+        computed = embed_shards(embedder, [plan[k].clips for k in missing], self.batch_size, opts)
+        for k, (arrays, timing) in zip(missing, computed):
+            self.write_shard(plan[k], arrays)
+            parts[k] = arrays
+            result.shard_seconds.append(timing.seconds)
+            result.network_seconds += timing.network_seconds
+            result.computed_shards += 1
+            result.computed_clips += len(plan[k].clips)
             if progress is not None:
-                progress(len(shard.clips))
+                progress(len(plan[k].clips))
         ids = [str(i) for p in parts for i in p["clip_ids"]]
         result.clip_ids = ids
         # a shard whose clips were all unreadable holds a (0, 0) array: it adds no rows and must not set the width

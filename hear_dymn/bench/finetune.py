@@ -12,6 +12,13 @@ same numbers as an uninterrupted run: all randomness (shuffling, augmentation, m
 generators seeded by (seed, epoch, position), never from leftover global state. A finished run leaves
 ``result.npz`` and is not trained again. ``fingerprint.json`` guards against resuming with other settings.
 
+Audio streams (``pipeline.py``): a first pass decodes every clip once, in loader workers, keeping only its length
+(and, with an :class:`~hear_dymn.bench.audio_store.AudioStore`, a stored copy that later epochs and runs read);
+training batches are then built in the workers from per-item reads, cropped to the recipe's length (ESC-50 5 s,
+FSD50K and OpenMIC 10 s; zero-padded when shorter), and evaluation reads whole clips a batch at a time. Memory is
+bounded by the batches in flight, not by the dataset. The number of workers changes nothing: each sample's
+augmentation is drawn from its own (seed, epoch, position) generator wherever it is computed (tested).
+
 Data parallelism: when the process group is initialised (``torchrun``; see :func:`init_distributed`), every
 process trains on its share of each global batch (``batch_size`` samples, split by position) with
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); rank 0 evaluates, writes checkpoints and results, and
@@ -45,15 +52,18 @@ from torch import Tensor, nn
 from ..frontend import MelFrontend, kaldi_mel_bank
 from ..models.base import AudioMobileNet
 from .atomic import atomic_savez, atomic_torch_save, atomic_write_text
-from .audio import AudioReadError, read_audio
+from .audio_store import AudioStore
 from .metrics import METRICS
+from .pipeline import ClipAudio, LoaderOptions, map_loader, scan_clips
 from .probes import activate_scores
 from .recipes import FinetuneRecipe
 from .tasks.base import Clip, TaskSpec
 
 logger = logging.getLogger(__name__)
 
-TRAINING_VERSION = 3  # bump when training semantics change: finished runs of other versions are not reused
+# bump when training semantics change: finished runs of other versions are not reused. 4: training audio may come
+# from the 16-bit audio store (its quantisation changes the numbers), so fingerprints name the training audio
+TRAINING_VERSION = 4
 MIN_EVAL_SECONDS = 1.0  # shorter evaluation clips are zero-padded so the network sees at least 100 frames
 
 
@@ -122,41 +132,12 @@ def _fit_length(wave: np.ndarray, length: int, crop: str, rng: np.random.Generat
     return wave[offset:offset + length]
 
 
-class ClipAudio:
-    """Decoded clips of one split, kept in memory once read (miniatures, ESC-50) or read on demand."""
-
-    def __init__(self, clips: Sequence[Clip], sample_rate: int, keep_in_memory: bool = True,
-                 waves: dict[int, np.ndarray] | None = None) -> None:
-        self.clips = list(clips)
-        self.sample_rate = sample_rate
-        self.keep = keep_in_memory
-        self._waves: dict[int, np.ndarray] = dict(waves or {})
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def wave(self, index: int) -> np.ndarray:
-        if index in self._waves:
-            return self._waves[index]
-        wave = read_audio(self.clips[index].path, self.sample_rate)
-        if self.keep:
-            self._waves[index] = wave
-        return wave
-
-
-def load_split(clips: Sequence[Clip], sample_rate: int) -> tuple[ClipAudio, dict[str, str]]:
-    """Decode every clip once: the readable ones (kept in memory) and a ``{clip_id: reason}`` record of the rest."""
-    good, waves, skipped = [], {}, {}
-    for clip in clips:
-        try:
-            wave = read_audio(clip.path, sample_rate)
-        except AudioReadError as err:
-            skipped[clip.clip_id] = err.reason if hasattr(err, "reason") else str(err)
-            logger.warning("skipping unreadable file %s: %s", clip.path, err)
-            continue
-        waves[len(good)] = wave
-        good.append(clip)
-    return ClipAudio(good, sample_rate, waves=waves), skipped
+def load_split(clips: Sequence[Clip], sample_rate: int, store: AudioStore | None = None,
+               loader: LoaderOptions | None = None, exact: bool = True, device: str = "cpu",
+               desc: str | None = None) -> tuple[ClipAudio, dict[str, str]]:
+    """Decode every clip once (in loader workers; into ``store`` when given) and keep only what streaming needs:
+    the readable clips with their lengths, and a ``{clip_id: reason}`` record of the rest. No audio is kept."""
+    return scan_clips(clips, sample_rate, store=store, options=loader, exact=exact, device=device, desc=desc)
 
 
 def _targets(clips: Sequence[Clip], spec: TaskSpec) -> np.ndarray:
@@ -193,11 +174,21 @@ class TrainingBatches:
         return [(positions[k::parts], indices[k::parts]) for k in range(parts)]
 
     def _one(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """Gain, crop (or zero-pad) to the recipe's length, roll: the same draws in the same order whether the clip
+        is read whole or, when its length is known, only the crop is read."""
         r = self.recipe
-        wave = self.audio.wave(index)
-        if r.gain_db:
-            wave = wave * np.float32(10 ** (int(rng.integers(-r.gain_db, r.gain_db)) / 20))
-        wave = _fit_length(wave, self.length, r.train_crop, rng)
+        gain = np.float32(10 ** (int(rng.integers(-r.gain_db, r.gain_db)) / 20)) if r.gain_db else None
+        total = self.audio.lengths[index] if self.audio.lengths is not None else None
+        if total is not None and total > self.length:
+            offset = int(rng.integers(0, total - self.length + 1)) if r.train_crop == "random" else 0
+            wave = self.audio.segment(index, offset, offset + self.length)
+            if gain is not None:
+                wave = wave * gain
+        else:
+            wave = self.audio.wave(index)
+            if gain is not None:
+                wave = wave * gain
+            wave = _fit_length(wave, self.length, r.train_crop, rng)
         if r.roll_samples:
             wave = np.roll(wave, int(rng.integers(-r.roll_samples, r.roll_samples + 1)))
         return wave.astype(np.float32, copy=False)
@@ -243,6 +234,17 @@ class TrainingBatches:
         return {**stack, "lam": stack["lam"] if mixing else None, "perm": torch.from_numpy(perm) if mixing else None,
                 "mel_seed": _seed(self.seed, epoch, batch_start, "mel"),
                 "dropout_seed": _seed(self.seed, epoch, int(positions[0]), "dropout")}
+
+    def steps(self, epoch: int, ctx: DistContext, micro_batches: int) -> list[tuple[int, int, list]]:
+        """This process's work of the epoch: per optimizer step, (epoch, batch start, its micro-batch shares)."""
+        parts = ctx.world_size * micro_batches
+        return [(epoch, int(positions[0]), self.shares(positions, indices, parts)[ctx.rank::ctx.world_size])
+                for positions, indices in self.global_batches(epoch, parts)]
+
+    def __call__(self, step: tuple[int, int, list]) -> list[dict[str, Any]]:
+        """One optimizer step's micro-batches (what a loader worker computes)."""
+        epoch, batch_start, shares = step
+        return [self.batch(epoch, batch_start, p, i) for p, i in shares]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,30 +299,49 @@ def _loss(logits: Tensor, target: Tensor, mask: Tensor | None, kind: str) -> Ten
 # evaluation
 
 
+class _EvalBatch:
+    """Loader task: the clips of one evaluation batch, cut/padded as the recipe says, stacked."""
+
+    def __init__(self, audio: ClipAudio, length: int | None, shortest: int) -> None:
+        self.audio, self.length, self.shortest = audio, length, shortest
+
+    def __call__(self, indices: list[int]) -> Tensor:
+        waves = []
+        for i in indices:
+            wave = self.audio.wave(i)
+            wave = _fit_length(wave, self.length, "start", None) if self.length is not None else wave
+            waves.append(np.pad(wave, (0, max(0, self.shortest - len(wave)))))
+        return torch.from_numpy(np.stack(waves))
+
+
+def eval_batches(audio: ClipAudio, recipe: FinetuneRecipe, batch_size: int = 16) -> list[list[int]]:
+    """Evaluation batches: clips of equal (fitted) length together, in order of first appearance, so that no
+    padding changes a result. Needs the clips' lengths (:func:`load_split`)."""
+    length = int(round(recipe.clip_seconds * audio.sample_rate)) if recipe.eval_length == "clip" else None
+    shortest = int(MIN_EVAL_SECONDS * audio.sample_rate)
+    by_length: dict[int, list[int]] = {}
+    for i in range(len(audio)):
+        fitted = length if length is not None else audio.length(i)
+        by_length.setdefault(max(fitted, shortest), []).append(i)
+    return [indices[start:start + batch_size] for indices in by_length.values()
+            for start in range(0, len(indices), batch_size)]
+
+
 @torch.no_grad()
 def predict(network: nn.Module, frontend: nn.Module, audio: ClipAudio, recipe: FinetuneRecipe, device: str,
-            batch_size: int = 16) -> np.ndarray:
-    """Logits ``(n_clips, n_classes)`` for a split; clips are cut/padded as the recipe says, or whole."""
+            batch_size: int = 16, loader: LoaderOptions | None = None) -> np.ndarray:
+    """Logits ``(n_clips, n_classes)`` for a split; clips are cut/padded as the recipe says, or whole. The audio
+    streams through the loader's workers, a batch at a time."""
     network.eval()
     frontend.eval()
-    length = int(round(recipe.clip_seconds * audio.sample_rate))
-    shortest = int(MIN_EVAL_SECONDS * audio.sample_rate)
-    waves = []
-    for i in range(len(audio)):
-        wave = audio.wave(i)
-        wave = _fit_length(wave, length, "start", None) if recipe.eval_length == "clip" else wave
-        waves.append(np.pad(wave, (0, max(0, shortest - len(wave)))))
-    out: list[np.ndarray | None] = [None] * len(waves)
-    by_length: dict[int, list[int]] = {}
-    for i, w in enumerate(waves):
-        by_length.setdefault(len(w), []).append(i)  # equal lengths batch together; no padding changes the result
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            x = torch.from_numpy(np.stack([waves[i] for i in chunk])).to(device)
-            logits = network(frontend(x)).float().cpu().numpy()
-            for i, row in zip(chunk, logits):
-                out[i] = row
+    length = int(round(recipe.clip_seconds * audio.sample_rate)) if recipe.eval_length == "clip" else None
+    batches = eval_batches(audio, recipe, batch_size)
+    out: list[np.ndarray | None] = [None] * len(audio)
+    task = _EvalBatch(audio, length, int(MIN_EVAL_SECONDS * audio.sample_rate))
+    for chunk, x in zip(batches, map_loader(task, batches, loader, device)):
+        logits = network(frontend(x.to(device, non_blocking=True))).float().cpu().numpy()
+        for i, row in zip(chunk, logits):
+            out[i] = row
     return np.stack(out)
 
 
@@ -353,7 +374,8 @@ def fingerprint(recipe: FinetuneRecipe, seed: int, extra: dict[str, Any]) -> dic
 
 def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, recipe: FinetuneRecipe, seed: int,
                  workdir: Path, ctx: DistContext | None = None, identity: dict[str, Any] | None = None,
-                 on_epoch: Callable[[dict[str, float]], None] | None = None, micro_batches: int = 1
+                 on_epoch: Callable[[dict[str, float]], None] | None = None, micro_batches: int = 1,
+                 loader: LoaderOptions | None = None, store: AudioStore | None = None, progress: bool = False
                  ) -> FinetuneResult:
     """Fine-tune a copy of ``network`` on ``data`` and return the test predictions (see the module docstring).
 
@@ -372,15 +394,38 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
             batch. One process with ``micro_batches=N`` computes what N data-parallel processes compute (only the
             first micro-batch updates BatchNorm running statistics, as DDP keeps rank 0's), up to float
             summation order; it also fits large batches into small accelerators.
+        loader: Loader workers, prefetch and pinned memory for training batches and evaluation (default: the
+            device's defaults, :class:`~hear_dymn.bench.pipeline.LoaderOptions`). The results do not depend on it.
+        store: Decoded-audio store: every clip is decoded once into it, and training reads its (possibly 16-bit)
+            entries; evaluation reads exact audio only (see :mod:`~hear_dymn.bench.audio_store`). ``None``
+            decodes the files every time.
+        progress: Progress bars for the first pass over the audio.
     """
     ctx = ctx or DistContext()
     workdir = Path(workdir)
     metric = METRICS[spec.main_metric]
     started = time.perf_counter()
     sr = 32000
-    train_audio, skipped = load_split(data.train, sr)
-    valid_audio, skipped_valid = load_split(data.valid, sr) if data.valid else (None, {})
-    test_audio, skipped_test = load_split(data.test, sr)
+    loader = (loader or LoaderOptions()).resolve(ctx.device)
+    if store is not None and store.sample_rate != sr:
+        raise ValueError(f"fine-tuning needs a {sr} Hz audio store, got {store!r}")
+    eval_store = store if store is not None and store.lossless else None  # evaluation sees exact audio only
+
+    def scan(clips: Sequence[Clip], split: str, split_store: AudioStore | None, exact: bool):
+        show = f"read {spec.name}/{split}" if progress and ctx.is_main else None
+        return load_split(clips, sr, split_store, loader, exact, ctx.device, show)
+
+    def scan_all():
+        train_scan = scan(data.train, "train", store, exact=False)
+        valid_scan = scan(data.valid, "valid", eval_store, exact=True) if data.valid else (None, {})
+        return train_scan, valid_scan, scan(data.test, "test", eval_store, exact=True)
+
+    if store is not None and ctx.distributed:  # each process stores its share; then every one finds all clips
+        for clips, split_store in ((data.train, store), (data.valid or [], eval_store), (data.test, eval_store)):
+            if split_store is not None:
+                load_split(clips[ctx.rank::ctx.world_size], sr, split_store, loader, False, ctx.device)
+        ctx.barrier()
+    (train_audio, skipped), (valid_audio, skipped_valid), (test_audio, skipped_test) = scan_all()
     train, test = train_audio.clips, test_audio.clips
     valid = valid_audio.clips if valid_audio is not None else None
     skipped.update(skipped_valid)
@@ -392,7 +437,7 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
     if micro_batches < 1:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
     finger = fingerprint(recipe, seed, {**(identity or {}), "micro_batches": micro_batches,
-                                        "training_version": TRAINING_VERSION,
+                                        "training_version": TRAINING_VERSION, "audio": train_audio.describe(),
                                         "clips": _clip_digest(train, valid, test)})
     done = workdir / "result.npz"
     if _matches(workdir, finger) and done.exists():
@@ -442,17 +487,15 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
         train_model.train()
         frontend.train()
         losses = []
-        parts = ctx.world_size * micro_batches
-        for positions, indices in batches.global_batches(epoch, parts):
-            shares = batches.shares(positions, indices, parts)[ctx.rank::ctx.world_size]
-            micro = [batches.batch(epoch, int(positions[0]), p, i) for p, i in shares]
+        # the augmented batches are built in loader workers, ahead of the step that needs them
+        for micro in map_loader(batches, batches.steps(epoch, ctx, micro_batches), loader, ctx.device):
             losses.append(_train_step(train_model, frontend, optimizer, scaler, micro, recipe, ctx.device, use_amp))
         record = {"epoch": epoch, "train_loss": _mean_over_processes(losses, ctx),
                   "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step()
         if ctx.is_main:
             if valid_audio is not None:
-                logits = predict(model, frontend, valid_audio, recipe, ctx.device)
+                logits = predict(model, frontend, valid_audio, recipe, ctx.device, loader=loader)
                 value = metric(metric_targets(valid, spec),
                                activate_scores(torch.from_numpy(logits), spec.multilabel), clip_masks(valid))
                 record["valid_" + spec.main_metric] = float(value)
@@ -476,7 +519,8 @@ def run_finetune(network: AudioMobileNet, spec: TaskSpec, data: FinetuneData, re
             model.load_state_dict(torch.load(workdir / "best.pt", map_location=ctx.device, weights_only=True))
         else:
             best = {"epoch": recipe.epochs - 1, "metric": float("nan")}
-        scores = activate_scores(torch.from_numpy(predict(model, frontend, test_audio, recipe, ctx.device)),
+        scores = activate_scores(torch.from_numpy(predict(model, frontend, test_audio, recipe, ctx.device,
+                                                          loader=loader)),
                                  spec.multilabel)
         value = float(metric(metric_targets(test, spec), scores, clip_masks(test)))
         history = history or []

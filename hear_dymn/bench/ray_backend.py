@@ -18,9 +18,13 @@ directory with the job (``runtime_env`` ``py_modules``); a caller that starts Ra
 :func:`runtime_env` to ``ray.init``. The cluster's Python environment needs the package's own dependencies
 (torch, torchaudio, numpy, soundfile).
 
+Audio: each actor decodes through the same pipeline as the local backend (``pipeline.py``); CPU actors decode
+themselves (many actors already overlap decoding with other actors' network calls), GPU actors start loader worker
+processes so that decoding overlaps the GPU (``RayConfig.loader_workers``).
+
 Numerics: a worker computes a shard with the same code and the same batches as the local backend and with
-``cpus_per_worker`` torch threads, so its embeddings equal those of a local run with that many threads bit for
-bit. Different thread counts (or a GPU) round differently, at the 1e-7 relative level for a well-conditioned
+``RayConfig.actor_threads()`` torch threads, so its embeddings equal those of a local run with that many threads bit
+for bit. Different thread counts (or a GPU) round differently, at the 1e-7 relative level for a well-conditioned
 network; random-init networks amplify such differences layer by layer.
 """
 from __future__ import annotations
@@ -37,8 +41,9 @@ from typing import Any
 
 import torch
 
-from .embeddings import (Embedder, EmbeddingCache, ExtractionStats, HearEmbedder, Shard, compute_shard,
-                         embedder_key)
+from .embeddings import (Embedder, EmbeddingCache, ExtractionStats, HearEmbedder, Shard, ShardTiming,
+                         compute_shard, embedder_key)
+from .pipeline import LoaderOptions
 from .tasks.base import Clip, Task
 
 logger = logging.getLogger(__name__)
@@ -79,8 +84,11 @@ class RayConfig:
         workers: Actors to start; ``None``: as many as the cluster has room for (``GPUs / gpus_per_worker``
             when GPUs are requested, else ``CPUs / cpus_per_worker``), never more than there are shards to compute.
         gpus_per_worker: GPUs per actor (fractions share a GPU); 0 computes on CPU.
-        cpus_per_worker: CPUs per actor, also its torch thread count (audio decoding runs on these too).
+        cpus_per_worker: CPUs per actor: its torch threads plus its audio loader workers.
         batch_size: clips per network call inside a shard (as ``EmbeddingCache.batch_size``).
+        loader_workers: audio decoding processes per actor (``pipeline.py``), taken from its CPUs; ``None``: none
+            on CPU actors (the actors themselves decode side by side), ``cpus_per_worker - 1`` (at least 1) on GPU
+            actors, so that decoding overlaps the GPU.
         max_attempts: times a shard is sent to a worker before a job whose workers keep dying gives up.
         start_timeout_s: how long to wait for a worker to start when none is running.
     """
@@ -90,6 +98,7 @@ class RayConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     batch_size: int = 8
+    loader_workers: int | None = None
     max_attempts: int = 3
     start_timeout_s: float = 600.0
 
@@ -100,6 +109,18 @@ class RayConfig:
             raise ValueError("need gpus_per_worker >= 0 and cpus_per_worker > 0")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, got {self.loader_workers}")
+
+    def actor_loader_workers(self) -> int:
+        """Decoding processes per actor (see ``loader_workers``)."""
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return max(1, int(self.cpus_per_worker) - 1) if self.gpus_per_worker > 0 else 0
+
+    def actor_threads(self) -> int:
+        """Torch threads per actor: its CPUs less its loader workers, at least one."""
+        return max(1, int(self.cpus_per_worker) - self.actor_loader_workers())
 
 
 class ShardWorker:
@@ -111,22 +132,26 @@ class ShardWorker:
         device: ``cpu`` or ``cuda``.
         threads: torch threads.
         batch_size: clips per network call.
+        loader_workers: audio decoding processes beside the actor (0: it decodes itself).
     """
 
-    def __init__(self, embedders: dict[str, list[Any]], device: str, threads: int, batch_size: int) -> None:
+    def __init__(self, embedders: dict[str, list[Any]], device: str, threads: int, batch_size: int,
+                 loader_workers: int = 0) -> None:
         torch.set_num_threads(threads)
         self._refs = embedders
         self._loaded: dict[str, Embedder] = {}
         self.device = device
         self.batch_size = batch_size
+        self.loader = LoaderOptions(workers=loader_workers)
 
     def ready(self) -> str:
         import ray
 
         return ray.get_runtime_context().get_node_id()
 
-    def embed(self, key: str, clips: Sequence[Clip]) -> tuple[dict[str, Any], float]:
-        """(the shard's arrays, seconds spent computing them, not counting a first load of the model)."""
+    def embed(self, key: str, clips: Sequence[Clip]) -> tuple[dict[str, Any], float, float]:
+        """(the shard's arrays, seconds spent computing them, not counting a first load of the model, and the part
+        of those spent in the network)."""
         embedder = self._loaded.get(key)
         if embedder is None:
             import ray
@@ -136,8 +161,9 @@ class ShardWorker:
                 embedder.model.to(self.device)
             self._loaded[key] = embedder
         start = time.perf_counter()
-        arrays = compute_shard(embedder, clips, self.batch_size)
-        return arrays, time.perf_counter() - start
+        timing = ShardTiming()
+        arrays = compute_shard(embedder, clips, self.batch_size, self.loader, timing)
+        return arrays, time.perf_counter() - start, timing.network_seconds
 
 
 def _portable(embedder: Embedder) -> Embedder:
@@ -230,8 +256,10 @@ def fill_cache(cache: EmbeddingCache, work: Sequence[tuple[Embedder, Task, str]]
         workers = min(cfg.workers or _default_workers(ray, cfg), len(queue))
         stats.backend = f"ray {ray.__version__} ({where})"
         nodes = _run_pool(ray, cache, cfg, keys, queue, workers, stats, actors, progress)
+        stats.streams = workers
         stats.workers = (f"{workers} Ray actors x ({cfg.cpus_per_worker:g} CPU, {cfg.gpus_per_worker:g} GPU) on "
-                         f"{len(nodes)} node(s), {max(1, int(cfg.cpus_per_worker))} torch thread(s) each")
+                         f"{len(nodes)} node(s), {cfg.actor_threads()} torch thread(s) and "
+                         f"{cfg.actor_loader_workers()} audio loader worker(s) each")
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -258,7 +286,7 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
     nodes: set[str] = set()
 
     def start_worker() -> None:
-        actor = worker_class.remote(refs, device, max(1, int(cfg.cpus_per_worker)), cfg.batch_size)
+        actor = worker_class.remote(refs, device, cfg.actor_threads(), cfg.batch_size, cfg.actor_loader_workers())
         actors.append(actor)
         starting[actor.ready.remote()] = actor
 
@@ -302,7 +330,7 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
                 continue
             actor, key, shard, attempt = running.pop(ref)
             try:
-                arrays, seconds = ray.get(ref)
+                arrays, seconds, network_seconds = ray.get(ref)
             except lost_errors as err:
                 if attempt + 1 >= cfg.max_attempts:
                     raise RuntimeError(f"shard {shard.path} lost its worker {cfg.max_attempts} times; giving up "
@@ -318,6 +346,7 @@ def _run_pool(ray: Any, cache: EmbeddingCache, cfg: RayConfig, keys: dict[str, E
             _check_worker_saw_the_files(shard, arrays)
             cache.write_shard(shard, arrays)
             stats.shard_seconds.append(seconds)
+            stats.network_seconds += network_seconds
             stats.computed_clips += len(shard.clips)
             idle.append(actor)
             if bar is not None:
