@@ -276,8 +276,14 @@ def test_hear_errors(tmp_path: Path) -> None:
     entries = {"train": {"a.wav": ["dog"]}, "valid": {"b.wav": ["dog"]}, "test": {"c.wav": ["dog"]}}
     event = _write_hear(tmp_path / "e", split_mode="trainvaltest", entries=entries, rates=(16000,),
                         embedding_type="event")
-    with pytest.raises(UnsupportedTaskError, match="event"):
+    with pytest.raises(UnsupportedTaskError, match="event task 'tiny' has prediction_type 'multiclass'"):
         get_task("hear", event)
+    # An event task lists {"label", "start", "end"} per file, not label lists (loading them: tests/test_events.py).
+    scene_lists = _write_hear(tmp_path / "el", split_mode="trainvaltest", entries=entries, rates=(16000,),
+                              embedding_type="event", prediction_type="multilabel",
+                              evaluation=("event_onset_200ms_fms",))
+    with pytest.raises(DatasetLayoutError, match="event 0 of 'a.wav' must be an object"):
+        get_task("hear", scene_lists)
     two = dict(entries, train={"a.wav": ["dog", "cat"]})
     bad = _write_hear(tmp_path / "b", split_mode="trainvaltest", entries=two, rates=(16000,))
     with pytest.raises(DatasetLayoutError, match="train.json.*2 labels"):
@@ -459,3 +465,164 @@ def test_layout_errors_quote_the_expected_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetLayoutError, match=r"line \d+: column 'split' must be 'train' or 'val', got "
                                                  r"'training'\. Expected layout: <root>/FSD50K\.ground_truth"):
         get_task("fsd50k", root)
+
+
+# --------------------------------------------------------------------------------------------------------
+# ESC-50 subsets and ESC-10, on hand-written official-format layouts
+
+
+def _official_esc50(root: Path, targets, folds=(1, 2, 3, 4, 5), per_fold: int = 1, seconds: float = 0.05) -> Path:
+    """An ESC-50 root in the official format: real targets and categories, ``esc10`` as in the release, one tone per
+    class (so a probe can learn it), ``per_fold`` clips per class and fold."""
+    from hear_dymn.bench.tasks.esc50 import ESC10_TARGETS, ESC50_CATEGORIES
+
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = []
+    t = np.arange(int(seconds * 44100)) / 44100
+    for target in targets:
+        for fold in folds:
+            for take in range(per_fold):
+                src = 100000 + 1000 * target + 10 * fold + take
+                name = f"{fold}-{src}-{'ABCDEFGH'[take]}-{target}.wav"
+                wave = 0.3 * np.sin(2 * np.pi * (200.0 + 150.0 * target) * t) * (1.0 + 0.1 * take)
+                sf.write(str(root / "audio" / name), wave.astype(np.float32), 44100, subtype="PCM_16")
+                rows.append((name, fold, target, ESC50_CATEGORIES[target], target in ESC10_TARGETS, src,
+                             "ABCDEFGH"[take]))
+    with open(root / "meta" / "esc50.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(("filename", "fold", "target", "category", "esc10", "src_file", "take"))
+        writer.writerows(sorted(rows))
+    return root
+
+
+def _official_target(clip) -> int:
+    return int(clip.path.stem.rsplit("-", 1)[1])
+
+
+def test_full_official_esc50_csv_loads_as_before(tmp_path: Path, minis: dict[str, Path]) -> None:
+    from hear_dymn.bench.tasks.esc50 import ESC50_CATEGORIES
+
+    task = get_task("esc50", _official_esc50(tmp_path / "esc50", range(50)))
+    spec = task.spec
+    assert (spec.num_classes, spec.labels, spec.notes) == (50, ESC50_CATEGORIES, ())
+    assert task.official_targets == tuple(range(50))
+    assert spec.description == ("ESC-50 environmental sound classification: 50 classes, 250 clips of 5 s; 5-fold "
+                                "cross-validation over the official folds, accuracy.")
+    assert all(int(c.target) == _official_target(c) for s in spec.splits for c in task.clips(s))
+    assert get_task("esc50", minis["esc50"]).spec.notes == ()  # synthetic names, targets 0..4: nothing to state
+
+
+def test_esc50_subset_remaps_classes_in_target_order_and_names_the_absent(tmp_path: Path) -> None:
+    task = get_task("esc50", _official_esc50(tmp_path / "sub", (41, 0, 10)))
+    spec = task.spec
+    assert spec.num_classes == 3 and spec.labels == ("dog", "rain", "chainsaw")
+    assert task.official_targets == (0, 10, 41) and spec.splits == tuple(f"fold{k}" for k in range(1, 6))
+    remap = {0: 0, 10: 1, 41: 2}
+    clips = [c for s in spec.splits for c in task.clips(s)]
+    assert len(clips) == 15 and all(int(c.target) == remap[_official_target(c)] for c in clips)
+    (note,) = spec.notes
+    assert note.startswith("subset of ESC-50: 3 of the 50 official classes present; class indices 0..2 are "
+                           "official targets 0, 10, 41 in that order; absent: rooster (1), pig (2), ")
+    assert "hand_saw (49)" in note and "dog (0)" not in note and note in spec.description
+
+
+def test_esc10_selects_exactly_the_esc10_rows(tmp_path: Path) -> None:
+    from hear_dymn.bench.tasks.esc50 import ESC10_TARGETS
+
+    root = _official_esc50(tmp_path / "esc", (*ESC10_TARGETS, 2, 3, 49))
+    with open(root / "meta" / "esc50.csv", newline="") as fh:
+        wanted = {Path(r["filename"]).stem for r in csv.DictReader(fh) if r["esc10"] == "True"}
+    task = get_task("esc10", root)
+    spec = task.spec
+    got = [c for s in spec.splits for c in task.clips(s)]
+    assert {c.clip_id for c in got} == wanted and len(got) == 50
+    assert (spec.name, spec.num_classes, spec.splits) == ("esc10", 10, tuple(f"fold{k}" for k in range(1, 6)))
+    assert spec.labels == ("dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby", "sneezing",
+                           "clock_tick", "helicopter", "chainsaw")
+    assert task.official_targets == ESC10_TARGETS
+    assert all(int(c.target) == ESC10_TARGETS.index(_official_target(c)) for c in got)
+    assert spec.notes[0].startswith("ESC-10: the 10 classes marked in the official esc10 column; class indices "
+                                    "0..9 are official targets 0-1, 10-12, 20-21, 38, 40-41 in that order")
+    assert spec.description.startswith("ESC-10 environmental sound classification: 10 classes, 50 clips")
+    assert get_task("esc50", root).spec.num_classes == 13  # the same root as ESC-50
+    # ESC-10 needs only its own audio files
+    (root / "audio" / "1-102010-A-2.wav").unlink()
+    assert len(get_task("esc10", root).clips("fold1")) == 10
+    with pytest.raises(MissingDatasetFileError, match="1-102010-A-2.wav"):
+        get_task("esc50", root)
+
+
+def test_esc50_subset_of_folds_runs_the_folds_present(tmp_path: Path) -> None:
+    task = get_task("esc50", _official_esc50(tmp_path / "f", (0, 1), folds=(1, 2, 4)))
+    assert task.spec.splits == ("fold1", "fold2", "fold4")
+    classes, folds = task.spec.notes
+    assert classes.startswith("subset of ESC-50: 2 of the 50 official classes present")
+    assert folds == "folds present: 1-2, 4 (absent: 3, 5); cross-validation runs over the folds present."
+    with pytest.raises(ValueError, match="fold3"):
+        task.clips("fold3")
+
+
+def _edit_csv(root: Path, edit) -> None:
+    meta = root / "meta" / "esc50.csv"
+    with open(meta, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = reader.fieldnames, [edit(dict(r)) for r in reader]
+    with open(meta, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[h for h in header if h in rows[0]], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_bad_esc50_subsets_are_named(tmp_path: Path) -> None:
+    one_fold = _official_esc50(tmp_path / "one", (0, 5), folds=(3,))
+    with pytest.raises(DatasetLayoutError, match=r"fold 3 only \(missing folds: 1-2, 4-5\); cross-validation needs "
+                                                 "at least 2 folds"):
+        get_task("esc50", one_fold)
+
+    no_esc10 = _official_esc50(tmp_path / "none", (2, 3))
+    assert get_task("esc50", no_esc10).spec.num_classes == 2
+    with pytest.raises(DatasetLayoutError, match="no row has esc10 == True"):
+        get_task("esc10", no_esc10)
+
+    bad_flag = _official_esc50(tmp_path / "flag", (0, 1))
+    _edit_csv(bad_flag, lambda r: {**r, "esc10": "maybe" if r["filename"] == "3-101030-A-1.wav" else r["esc10"]})
+    with pytest.raises(DatasetLayoutError, match=r"esc50.csv, line \d+: column 'esc10' must be True or False, "
+                                                 "got 'maybe'"):
+        get_task("esc10", bad_flag)
+
+    no_column = _official_esc50(tmp_path / "col", (0, 1))
+    _edit_csv(no_column, lambda r: {k: v for k, v in r.items() if k != "esc10"})
+    assert get_task("esc50", no_column).spec.num_classes == 2  # esc50 does not need the column
+    with pytest.raises(DatasetLayoutError, match=r"missing column\(s\) \['esc10'\]"):
+        get_task("esc10", no_column)
+
+    clash = _official_esc50(tmp_path / "clash", (0, 1))
+    _edit_csv(clash, lambda r: {**r, "category": "cat" if r["filename"] == "2-101020-A-1.wav" else r["category"]})
+    with pytest.raises(DatasetLayoutError, match="target 1 has category 'cat' but earlier rows say 'rooster'"):
+        get_task("esc50", clash)
+
+
+def test_esc10_runs_in_the_suite_from_data_alone(tmp_path: Path) -> None:
+    """``--data esc10=PATH`` alone: the ESC-10 rows of an ESC-50 root, log-mel features and the linear probe."""
+    import importlib.util
+
+    from hear_dymn.bench.suite import run_suite
+    from hear_dymn.bench.tasks.esc50 import ESC10_TARGETS
+
+    root = _official_esc50(tmp_path / "ESC-50", (*ESC10_TARGETS, 7), per_fold=2, seconds=0.5)
+    spec = importlib.util.spec_from_file_location("cli", Path(__file__).parents[1] / "eval" / "run_suite.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cfg = cli.config_from_args(cli.parse_args([
+        "--data", f"esc10={root}", "--models", "logmel", "--protocols", "linear", "--seeds", "0",
+        "--linear-preset", "fast", "--out-dir", str(tmp_path / "report"), "--cache-dir", str(tmp_path / "cache")]))
+    assert cfg.tasks == ("esc10",)
+    result = run_suite(cfg, progress=False)
+    (row,) = [r for r in result["rows"] if r["source"] == "measured"]
+    assert (row["task"], row["metric"], row["n"]) == ("esc10", "accuracy", 5)
+    assert row["mean"] > 0.9  # ten pure tones: learnable from log-mel statistics
+    with np.load(tmp_path / "report" / "results" / "logmel" / "linear" / "esc10" / "fold1_seed0.npz") as pred:
+        assert pred["scores"].shape == (20, 10) and sorted(set(pred["targets"].tolist())) == list(range(10))
+    text = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "ESC-10 acc" in text and f"**esc10:** {root} (fold1: 20," in text

@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 MainMetric = Literal["accuracy", "map", "masked_map"]
+# HEAR event (timestamp) task scores, computed with sed_eval as hear-eval-kit does (hear_dymn.bench.events)
+EVENT_METRICS = ("event_onset_200ms_fms", "event_onset_50ms_fms", "event_onset_offset_50ms_20perc_fms",
+                 "segment_1s_er")
+EmbeddingType = Literal["scene", "event"]
 SplitProtocol = Literal["folds", "train_valid_test"]
 
 
@@ -90,6 +94,11 @@ class TaskSpec:
         clip_seconds: Nominal clip length in seconds; ``None`` when clips have variable length.
         labels: Class names in target-index order (``len(labels) == num_classes``).
         description: One-paragraph human-readable description, including how derived splits are made.
+        notes: Statements a report must carry about how this dataset differs from the official one (e.g. which
+            classes or folds an ESC-50 subset lacks, how its targets were renumbered); empty for the full dataset.
+        embedding_type: ``"scene"`` (one label set per clip, scored on clip embeddings) or ``"event"`` (HEAR
+            timestamp tasks: labelled time intervals per clip, scored on timestamp embeddings; ``main_metric`` is
+            then one of :data:`EVENT_METRICS`).
     """
 
     name: str
@@ -102,9 +111,16 @@ class TaskSpec:
     clip_seconds: float | None
     labels: tuple[str, ...]
     description: str
+    notes: tuple[str, ...] = ()
+    embedding_type: EmbeddingType = "scene"
 
     def __post_init__(self) -> None:
-        if self.main_metric not in ("accuracy", "map", "masked_map"):
+        if self.embedding_type not in ("scene", "event"):
+            raise ValueError(f"task {self.name}: unknown embedding_type {self.embedding_type!r}")
+        if self.embedding_type == "event" and self.main_metric not in EVENT_METRICS:
+            raise ValueError(f"task {self.name}: event task main_metric must be one of {EVENT_METRICS}, "
+                             f"got {self.main_metric!r}")
+        if self.embedding_type == "scene" and self.main_metric not in ("accuracy", "map", "masked_map"):
             raise ValueError(f"task {self.name}: unknown main_metric {self.main_metric!r}")
         if self.protocol not in ("folds", "train_valid_test"):
             raise ValueError(f"task {self.name}: unknown protocol {self.protocol!r}")
