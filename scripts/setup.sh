@@ -28,12 +28,19 @@ pip_install -e ".[eval,dev,ray]"
 echo "[setup] hearvalidator 2021.0.6"
 pip_install --no-deps --ignore-requires-python "hearvalidator==2021.0.6"
 
+# hearbaseline 2021.1.1 (HEAR's baseline modules; the tests run hear:hearbaseline.torchcrepe) pins numpy 1.19 and
+# numba 0.48 in its metadata; what its CREPE module imports (torch, torchcrepe, librosa) comes from the dev extra.
+echo "[setup] hearbaseline 2021.1.1"
+pip_install --no-deps "hearbaseline==2021.1.1"
+
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import importlib.util
 import joblib, matplotlib, pandas, pytest, ray, scipy, sklearn, soundfile, torch, torchaudio, tqdm  # noqa: F401
+import sed_eval, dcase_util  # noqa: F401  (HEAR event scores)
 import hear_dymn  # noqa: F401
-missing = [name for name in ("tensorflow", "hearvalidator") if importlib.util.find_spec(name) is None]
+missing = [name for name in ("tensorflow", "hearvalidator", "hearbaseline", "torchcrepe")
+           if importlib.util.find_spec(name) is None]
 assert not missing, f"not installed: {missing}"
 assert torch.__version__.startswith("2.9"), torch.__version__
 assert torchaudio.__version__.startswith("2.9"), torchaudio.__version__

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import csv
 import re
 
@@ -282,3 +283,77 @@ def test_plot_bytes_are_png_of_the_figures():
     assert _curves_plot(_curve_rows(("dymn10",)), "ESC-50", "accuracy", cfg).startswith(PNG_MAGIC)
     assert _tradeoff_plot(_rows(), "no_such_key", "x", "t", "acc", cfg) is None
     assert _curves_plot(_rows(), "ESC-50", "accuracy", cfg) is None
+
+
+def test_html_provenance_renders_inline_markdown_like_the_markdown_report(tmp_path):
+    from hear_dymn.bench.report import md_inline_html
+
+    provenance = {"weights": {"dymn04": "**random init** (seed 0) - official weights not available",
+                              "tiny": "HEAR module `tiny_hear` version 0.1.0 <script>x</script>"}}
+    write_reports(_rows()[:1], tmp_path, provenance)
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "<strong>random init</strong> (seed 0)" in page and "**random init**" not in page
+    assert "<code>tiny_hear</code>" in page and "&lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "**random init** (seed 0)" in md and "`tiny_hear`" in md
+    assert md_inline_html("a [doc](https://x.org/?a=1&b=2) [bad](javascript:alert) **b `c`**") == (
+        'a <a href="https://x.org/?a=1&amp;b=2">doc</a> [bad](javascript:alert) <strong>b <code>c</code></strong>')
+    assert md_inline_html("2 * 3 * 4, a_b") == "2 * 3 * 4, a_b"
+
+
+def test_hear_scores_table_shows_non_finite_values(tmp_path):
+    scores = {"top1_acc": 0.8125, "mAP": 0.9, "d_prime": math.inf, "aucroc": math.nan}
+    rows = [{**_rows()[0], "task": "hear:mini", "hear_scores": scores},
+            {**_rows()[1], "hear_scores": {"mAP": 0.25}}]
+    write_reports(rows, tmp_path, {"seeds": [0]})
+    md = (tmp_path / "leaderboard.md").read_text()
+    section = md.split("## HEAR scores")[1].split("## All results")[0]
+    assert "| top1_acc | mAP | d_prime | aucroc |" in section
+    assert "| dymn10 | dymn10_as | linear | hear:mini | 0.8125 | 0.9000 | inf | nan |" in section
+    assert "| mn04 | **random init** | mlp | FSD50K | – | 0.2500 | – | – |" in section
+    assert "<td class=\"num\">inf</td><td class=\"num\">nan</td>" in (tmp_path / "leaderboard.html").read_text()
+    assert "NaN" in (tmp_path / "leaderboard.csv").read_text()  # the CSV keeps the value (JSON column)
+    write_reports(_rows(), tmp_path, {"seeds": [0]})
+    assert "HEAR scores" not in (tmp_path / "leaderboard.md").read_text()
+
+
+def _hear_folder(tmp_path, **meta):
+    import json
+
+    from hear_dymn.bench.tasks import get_task
+    from hear_dymn.bench.tasks.synthetic import write_miniature
+
+    root = write_miniature("hear", tmp_path / "task", seed=0)
+    path = root / "task_metadata.json"
+    data = {k: v for k, v in json.loads(path.read_text()).items() if k != "mode"}
+    path.write_text(json.dumps({**data, **meta}))
+    return get_task("hear", root)
+
+
+def test_reported_hear_rows_match_task_name_and_mode(tmp_path):
+    from types import SimpleNamespace
+
+    from hear_dymn.bench.suite import reported_hear_rows
+
+    esc = _hear_folder(tmp_path / "a", task_name="esc50", mode="full")
+    rows = reported_hear_rows({"hear:esc50": esc})
+    by_model = {r["model"]: r for r in rows}
+    assert len(rows) == 8 and all(r["source"] == "reported" and r["protocol"] == "mlp" for r in rows)
+    assert by_model["CP-JKU PaSST base"]["mean"] == pytest.approx(0.9474999905)
+    assert by_model["CREPE"]["mean"] == pytest.approx(0.3004999995)
+    assert {r["task"] for r in rows} == {"hear:esc50"} and {r["metric"] for r in rows} == {"accuracy"}
+    citation = rows[0]["citation"]
+    assert "hearbenchmark/hearbenchmark.com" in citation and "validates on fold k+1" in citation
+    table = render_leaderboard(rows)
+    assert "CP-JKU PaSST base (reported)[^1]" in table and "compare these rows with the mlp rows" in table
+    # two modes of one task: the mode decides; without a mode the folder is ambiguous and gets no rows
+    pitch5 = _hear_folder(tmp_path / "b", task_name="nsynth_pitch", mode="5h")
+    assert {r["model"]: r["mean"] for r in reported_hear_rows({"p": pitch5})}["CREPE"] == pytest.approx(0.8700000048)
+    assert reported_hear_rows({"p": _hear_folder(tmp_path / "c", task_name="nsynth_pitch")}) == []
+    assert reported_hear_rows({"hear:mini_scene": _hear_folder(tmp_path / "d", task_name="mini_scene")}) == []
+    # ESC-50 in its official layout (no HEAR metadata) is the same dataset and folds
+    official = SimpleNamespace(spec=SimpleNamespace(name="esc50", main_metric="accuracy"))
+    assert len(reported_hear_rows({"esc50": official})) == 8
+    subset = SimpleNamespace(spec=SimpleNamespace(name="esc50", main_metric="accuracy",
+                                                  notes=("classes absent: dog",)))
+    assert reported_hear_rows({"esc50": subset}) == []  # a subset of ESC-50 is not HEAR's ESC-50

@@ -16,11 +16,15 @@ step-wise definition ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score 
 threshold, sample weights scale the true/false positive counts). It returns the same values as
 ``sklearn.metrics.average_precision_score`` (checked in the tests) while avoiding its per-call validation cost,
 which matters when a probe scores the validation set every few epochs for hundreds of classes.
+
+HEAR's scene scores (``top1_acc``, ``mAP``, ``d_prime``, ``aucroc``) as hear-eval-kit's ``score.py`` computes them
+are in :data:`HEAR_SCENE_SCORES` (see the comment above them for how they differ from ``accuracy`` and ``map``).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,3 +204,91 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HEAR's scene scores, as hear-eval-kit 2021.1.3's score.py defines them (on the activated predictions: softmax
+# probabilities for multiclass, sigmoid for multilabel; targets one-hot / multi-hot).
+#
+# * ``top1_acc``: arg-max of the predictions equals the arg-max of the one-hot target (first index on ties).
+# * ``mAP``: macro mean over *all* classes of scikit-learn's average precision; a class without a positive counts
+#   0 (scikit-learn >= 1.1; with scikit-learn 0.24 such a class made the whole mean nan).
+# * ``aucroc``: macro mean over all classes of the ROC AUC; nan when any class has only positives or only
+#   negatives (score.py catches scikit-learn's error and returns nan).
+# * ``d_prime``: per class sqrt(2) * Phi^-1(AUC), then the mean; nan as for ``aucroc``, and +inf when a class
+#   is separated perfectly (AUC 1), as score.py computes it. Non-finite values are results, not errors.
+
+
+def _hear_inputs(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(_check_2d_scores(scores), dtype=np.float64)
+    t = np.asarray(_as_one_hot(targets, s.shape[1]), dtype=np.float64)
+    if t.shape != s.shape:
+        raise ValueError(f"targets {t.shape} and scores {s.shape} differ in shape")
+    if s.shape[0] == 0:
+        raise ValueError("no clips to score")
+    return t, s
+
+
+def hear_top1_acc(targets: np.ndarray, scores: np.ndarray) -> float:
+    t, s = _hear_inputs(targets, scores)
+    return float(np.mean(s.argmax(axis=1) == t.argmax(axis=1)))
+
+
+def hear_map(targets: np.ndarray, scores: np.ndarray) -> float:
+    t, s = _hear_inputs(targets, scores)
+    aps = [average_precision(t[:, c], s[:, c]) if np.any(t[:, c] != 0) else 0.0 for c in range(s.shape[1])]
+    return float(np.mean(aps))
+
+
+def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of one binary problem (tied scores count one half: the trapezoidal rule), nan without both a
+    positive and a negative. Same values as ``sklearn.metrics.roc_auc_score``."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(targets).reshape(-1) != 0
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)  # average ranks of ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _class_aucs(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    t, s = _hear_inputs(targets, scores)
+    return np.array([roc_auc(t[:, c], s[:, c]) for c in range(s.shape[1])])
+
+
+def hear_aucroc(targets: np.ndarray, scores: np.ndarray) -> float:
+    return float(np.mean(_class_aucs(targets, scores)))
+
+
+def hear_d_prime(targets: np.ndarray, scores: np.ndarray) -> float:
+    from scipy.special import ndtri
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(ndtri(_class_aucs(targets, scores)) * np.sqrt(2.0)))
+
+
+HEAR_SCENE_SCORES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "top1_acc": hear_top1_acc, "mAP": hear_map, "d_prime": hear_d_prime, "aucroc": hear_aucroc,
+}
+
+
+def hear_scene_scores(targets: np.ndarray, scores: np.ndarray, names: Sequence[str] | None = None
+                      ) -> dict[str, float]:
+    """HEAR's scene scores ``names`` (default: all four; others are skipped) of one test split."""
+    chosen = [n for n in (names or HEAR_SCENE_SCORES) if n in HEAR_SCENE_SCORES]
+    return {n: HEAR_SCENE_SCORES[n](targets, scores) for n in chosen}
+
+
+def score_text(value: float | None, decimals: int = 4) -> str:
+    """A score for a table; non-finite values read as ``nan``, ``inf`` or ``-inf``, a missing one as ``–``."""
+    if value is None:
+        return "–"
+    v = float(value)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{decimals}f}"

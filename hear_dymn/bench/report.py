@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_write_bytes
-from .metrics import METRICS
+from .metrics import METRICS, score_text
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -57,11 +57,12 @@ RANDOM_INIT = "random init"
 TASK_DISPLAY: dict[str, str] = {
     "esc50": "ESC-50",
     "esc-50": "ESC-50",
+    "esc10": "ESC-10",
     "fsd50k": "FSD50K",
     "openmic": "OpenMIC",
     "openmic2018": "OpenMIC",
 }
-TASK_ORDER: tuple[str, ...] = ("esc50", "esc-50", "fsd50k", "openmic", "openmic2018")
+TASK_ORDER: tuple[str, ...] = ("esc50", "esc-50", "esc10", "fsd50k", "openmic", "openmic2018")
 
 CSV_COLUMNS: tuple[str, ...] = (
     "model", "weights", "weights_sha256", "protocol", "task", "task_version", "metric", "mean", "std", "n",
@@ -125,7 +126,18 @@ def _task_label(task: str) -> str:
     return TASK_DISPLAY.get(task.lower(), task)
 
 
+# HEAR event scores (hear_dymn.bench.events, through sed_eval): short name, higher is better
+_EVENT_METRIC_DISPLAY: dict[str, tuple[str, bool]] = {
+    "event_onset_200ms_fms": ("onset F1 200ms", True),
+    "event_onset_50ms_fms": ("onset F1 50ms", True),
+    "event_onset_offset_50ms_20perc_fms": ("onset+offset F1 50ms", True),
+    "segment_1s_er": ("segment ER 1s", False),
+}
+
+
 def _metric_name(metric: str) -> str:
+    if metric in _EVENT_METRIC_DISPLAY:
+        return _EVENT_METRIC_DISPLAY[metric][0]
     m = METRICS.get(metric)
     return m.display if m is not None and m.display else metric
 
@@ -133,6 +145,8 @@ def _metric_name(metric: str) -> str:
 def _metric_label(metric: str) -> str:
     m = METRICS.get(metric)
     arrow = "↑" if m is None or m.higher_is_better else "↓"
+    if metric in _EVENT_METRIC_DISPLAY:
+        arrow = "↑" if _EVENT_METRIC_DISPLAY[metric][1] else "↓"
     return f"{_metric_name(metric)} {arrow}"
 
 
@@ -315,6 +329,26 @@ def _details_table(rows: Sequence[Mapping[str, Any]], decimals: int) -> tuple[li
     return header, numeric, body
 
 
+_HEAR_SCORES_NOTE = ("HEAR's scene scores as hear-eval-kit's score.py computes them (fractions; d_prime unbounded), "
+                     "mean over seeds per fold or split, then over folds; nan and inf are what the score gives "
+                     "(e.g. inf d_prime for a perfectly separated class, nan AUC for a class absent from a test "
+                     "split).")
+
+
+def _hear_scores_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[bool], list[list[_Cell]]] | None:
+    """Rows that carry HEAR scores (``hear_scores``), one column per score; ``None`` when no row has any."""
+    scored = [r for r in rows if isinstance(r.get("hear_scores"), Mapping) and r["hear_scores"]]
+    if not scored:
+        return None
+    names = list(dict.fromkeys(n for r in scored for n in r["hear_scores"]))
+    header = ["model", "weights", "protocol", "task", *names]
+    numeric = [False] * 4 + [True] * len(names)
+    body = [[_Cell(str(r["model"])), _Cell(_row_key(r)[1], bold=is_random_init(r.get("weights"))),
+             _Cell(str(r["protocol"])), _Cell(_task_label(str(r["task"]))),
+             *(_Cell(score_text(r["hear_scores"].get(n)), numeric=True) for n in names)] for r in scored]
+    return header, numeric, body
+
+
 def _per_split_text(per_split: Any, decimals: int) -> str:
     if isinstance(per_split, Mapping):
         return ", ".join(f"{k}: {_pct(v, decimals)}" for k, v in per_split.items()) or _MISSING
@@ -400,10 +434,33 @@ def _md_nodes(nodes: Sequence[_Node], depth: int = 0) -> list[str]:
     return lines
 
 
+_MD_INLINE = re.compile(r"\*\*(?P<bold>.+?)\*\*|`(?P<code>[^`]+)`|\[(?P<link>[^\]]+)\]\((?P<url>[^)\s]+)\)")
+
+
+def md_inline_html(text: str) -> str:
+    """HTML of one line of inline Markdown as the provenance and footnotes use it: ``**bold**``, ```code``` and
+    ``[text](url)`` (http(s) or relative URLs only); everything else is escaped, so no markup gets through."""
+    out, pos = [], 0
+    for m in _MD_INLINE.finditer(text):
+        out.append(html.escape(text[pos:m.start()]))
+        if m.group("bold") is not None:
+            out.append(f"<strong>{md_inline_html(m.group('bold'))}</strong>")
+        elif m.group("code") is not None:
+            out.append(f"<code>{html.escape(m.group('code'))}</code>")
+        elif re.match(r"(https?://|[./A-Za-z0-9_#-])", m.group("url")) and not re.match(r"[A-Za-z]+:(?!//)",
+                                                                                         m.group("url")):
+            out.append(f'<a href="{html.escape(m.group("url"))}">{html.escape(m.group("link"))}</a>')
+        else:  # javascript: and other schemes stay text
+            out.append(html.escape(m.group(0)))
+        pos = m.end()
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
 def _html_nodes(nodes: Sequence[_Node]) -> str:
     items = []
     for node in nodes:
-        text = f" {html.escape(node.text)}" if node.text else ""
+        text = f" {md_inline_html(node.text)}" if node.text else ""
         inner = _html_nodes(node.children) if node.children else ""
         items.append(f"<li><strong>{html.escape(node.label)}:</strong>{text}{inner}</li>")
     return "<ul>" + "".join(items) + "</ul>"
@@ -981,6 +1038,9 @@ def _markdown_report(
         lines += [f"> **Warning:** {warning.replace(RANDOM_INIT, f'**{RANDOM_INIT}**', 1)}", ""]
     lines += ["## Provenance", "", *_md_nodes(_provenance_tree(provenance, cfg.max_list_items)), ""]
     lines += ["## Leaderboard", "", render_leaderboard(rows, cfg.decimals).rstrip("\n"), ""]
+    hear = _hear_scores_table(rows)
+    if hear is not None:
+        lines += ["## HEAR scores", "", _HEAR_SCORES_NOTE, "", *_md_table(*hear), ""]
     header, numeric, body = _details_table(rows, cfg.decimals)
     lines += ["## All results", "", *_md_table(header, numeric, body), ""]
     if plots:
@@ -1041,8 +1101,11 @@ def _html_report(
     table = _leaderboard_table(rows, cfg.decimals)
     parts += ["<h2>Leaderboard</h2>", _html_table(table.header, table.numeric, table.rows)]
     if table.footnotes:
-        notes = "".join(f'<li id="fn-{i}">{html.escape(n)}</li>' for i, n in enumerate(table.footnotes, start=1))
+        notes = "".join(f'<li id="fn-{i}">{md_inline_html(n)}</li>' for i, n in enumerate(table.footnotes, start=1))
         parts.append(f'<ol class="footnotes">{notes}</ol>')
+    hear = _hear_scores_table(rows)
+    if hear is not None:
+        parts += ["<h2>HEAR scores</h2>", f"<p>{html.escape(_HEAR_SCORES_NOTE)}</p>", _html_table(*hear)]
     parts += ["<h2>All results</h2>", _html_table(*_details_table(rows, cfg.decimals))]
     if plots:
         parts.append("<h2>Plots</h2>")
