@@ -24,6 +24,15 @@ Steps (each heareval step runs in its own process, as a user would run it):
    wrote (``<split>.embeddings.npy`` memmaps and ``<split>.target-labels.pkl``), one run per seed.
 6. ``reports/heareval_interop/heareval_interop.md``: test accuracy per fold and seed, wall times, epochs, versions.
 
+The event part (``--parts events``) does the same on the HEAR event task ``mini_events`` (written at 48 kHz, with
+a 32 kHz copy because heareval reads ``<task>/<model rate>/``): heareval's embedding runner (timestamp embeddings,
+``{"layers": [5]}``), its predictor (8 grid points, post-processing grid, sed_eval), then our event probe
+(:func:`hear_dymn.bench.events.fit_event_rounds`, the same grid points, no shuffling) on heareval's embedding files
+(``<split>.embeddings.npy``, ``<split>.filename-timestamps.json``), with our frame labels checked against the ones
+heareval wrote and heareval's saved test events rescored with our sed_eval scoring. Report:
+``reports/heareval_interop/heareval_interop_events.md``. A part not run keeps its report file from the previous
+run (``run.json`` lists every file and, under ``parts``, when each was made).
+
 Two compatibility settings apply to heareval's processes only: Lightning 1.9.5 reads ``np.Inf`` (removed in
 NumPy 2), so the alias is restored before heareval starts, and ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` lets
 heareval ``torch.load`` the checkpoints it has just written itself (torch >= 2.6 defaults to weights-only
@@ -55,7 +64,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from hear_dymn.bench.run_folder import write_run  # noqa: E402
 from hear_dymn.bench.probes import MLP_PRESETS, ProbeData, ProbeResult, fit_mlp_folds, fold_splits  # noqa: E402
-from hear_dymn.bench.tasks.synthetic import HEAR_KFOLD_TASK_NAME, write_miniature  # noqa: E402
+from hear_dymn.bench.tasks.synthetic import HEAR_EVENTS_TASK_NAME, HEAR_KFOLD_TASK_NAME, write_miniature  # noqa: E402
 
 HEAREVAL_DEPS = ROOT / ".heareval-deps"
 #: hear-eval-kit and what it imports, pinned; installed with --no-deps next to (not into) the venv.
@@ -82,6 +91,13 @@ HEAREVAL_PACKAGES = (
 # Lightning 1.9.5 reads np.Inf, removed in NumPy 2: restore the alias, then run the module as `python -m` would.
 _LAUNCHER = ("import runpy, sys, numpy; numpy.Inf = numpy.inf; sys.argv = sys.argv[1:]; "
              "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+# Event tasks only: heareval looks up the post-processing chosen at the best checkpoint by the checkpoint's "epoch",
+# which Lightning 1.9.5 stores one higher than the current_epoch heareval recorded at that validation (written for
+# Lightning 1.4); the shim falls back to the previous epoch's entry, which is the one chosen at that checkpoint.
+_EVENT_SHIM = ("import heareval.predictions.task_predictions as tp; "
+               "_orig = tp.EventPredictionModel.epoch_best_postprocessing_or_default; "
+               "tp.EventPredictionModel.epoch_best_postprocessing_or_default = lambda self, epoch: _orig(self, epoch "
+               "if not self.use_scoring_for_early_stopping or epoch in self.epoch_best_postprocessing else epoch - 1); ")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,7 +136,11 @@ def run_heareval(module: str, args: Sequence[str], log_path: Path, cwd: Path, th
     Raises:
         RuntimeError: the command failed; the message holds the end of its log.
     """
-    cmd = [sys.executable, "-c", _LAUNCHER, module, *args]
+    launcher = _LAUNCHER
+    if module == "heareval.predictions.runner":
+        head, tail = _LAUNCHER.split("sys.argv = sys.argv[1:]; ")
+        launcher = head + _EVENT_SHIM + "sys.argv = sys.argv[1:]; " + tail
+    cmd = [sys.executable, "-c", launcher, module, *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log_path.open("w") as log:
@@ -272,6 +292,230 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Event tasks
+
+
+def write_event_task(work: Path) -> Path:
+    """The 48 kHz event miniature plus the 32 kHz copy heareval's runner reads (``<task>/32000/<split>``)."""
+    from hear_dymn.bench.audio import read_audio
+
+    src = write_miniature("hear_events", work / "src" / HEAR_EVENTS_TASK_NAME)
+    dst = work / "tasks_events" / HEAR_EVENTS_TASK_NAME
+    if (dst / ".done").exists():
+        return dst
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    import soundfile as sf
+
+    for path in sorted((dst / "48000").rglob("*.wav")):
+        out = dst / "32000" / path.relative_to(dst / "48000")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(out, np.clip(read_audio(path, 32000), -1.0, 1.0), 32000, subtype="PCM_16")
+    (dst / ".done").write_text("")
+    return dst
+
+
+def read_heareval_event_split(task_dir: Path, split: str, labels: Sequence[str]):
+    """One split of heareval's event embedding folder as our :class:`~hear_dymn.bench.events.FrameSplit` (frame
+    labels from the split's events by our rule) and heareval's own frame labels ``(N, C)`` for comparison."""
+    from hear_dymn.bench.events import FrameSplit
+
+    n, d = json.loads((task_dir / f"{split}.embedding-dimensions.json").read_text())
+    x = np.array(np.memmap(task_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=(n, d)))
+    stamps = json.loads((task_dir / f"{split}.filename-timestamps.json").read_text())
+    with (task_dir / f"{split}.target-labels.pkl").open("rb") as fh:
+        frame_names = pickle.load(fh)
+    names = [Path(slug).name for slug, _ in stamps]
+    times = np.array([t for _, t in stamps], dtype=np.float64)
+    files, offsets = [], [0]
+    for i, name in enumerate(names):  # heareval writes each file's frames contiguously
+        if i and name != names[i - 1]:
+            files.append(names[i - 1])
+            offsets.append(i)
+    files.append(names[-1])
+    offsets.append(len(names))
+    if len(set(files)) != len(files):
+        raise ValueError(f"{task_dir}/{split}: the frames of a file are not contiguous")
+    reference = json.loads((task_dir / f"{split}.json").read_text())
+    frames = FrameSplit.build(x, times, np.array(offsets), files, reference, labels)
+    index = {label: i for i, label in enumerate(labels)}
+    theirs = np.zeros((n, len(labels)), dtype=np.float32)
+    for i, present in enumerate(frame_names):
+        theirs[i, [index[str(label)] for label in present]] = 1.0
+    return frames, theirs
+
+
+def run_event_part(work: Path, ckpt: Path, seeds: Sequence[int], threads: int, timings: dict[str, Any],
+                   timings_path: Path) -> dict[str, Any]:
+    """heareval's runners and our event probe on the event miniature; returns what the report shows."""
+    from hear_dymn.bench.events import event_probe_config, fit_event_rounds, postprocessing_grid, score_events
+
+    tasks_dir = write_event_task(work)
+    options, folder = '{"layers": [5]}', "hear_dymn-layers=5"
+    emb_dir = work / "embeddings_events" / folder / HEAR_EVENTS_TASK_NAME
+    if not (emb_dir / ".done.embeddings").exists():
+        print(f"[interop] heareval embeddings runner on {HEAR_EVENTS_TASK_NAME}, --model-options {options}", flush=True)
+        timings["events embed"] = run_heareval(
+            "heareval.embeddings.runner",
+            ["hear_dymn", "--model", str(ckpt), "--tasks-dir", str(tasks_dir.parent), "--task", HEAR_EVENTS_TASK_NAME,
+             "--embeddings-dir", str(work / "embeddings_events"), "--model-options", options],
+            work / "logs" / "embed-events.log", cwd=work)
+        timings_path.write_text(json.dumps(timings, indent=2))
+    if not (emb_dir / "prediction-done.json").exists():
+        print("[interop] heareval predictions runner on the event task (8 grid points)", flush=True)
+        timings["events predict_started"] = time.strftime("%Y-%m-%d %H:%M")
+        timings["events predict_load"] = round(os.getloadavg()[0], 1)
+        timings["events predict"] = run_heareval("heareval.predictions.runner", [str(emb_dir)],
+                                                 work / "logs" / "predict-events.log", cwd=work, threads=threads)
+        timings["events predict_threads"] = threads
+        timings_path.write_text(json.dumps(timings, indent=2))
+    if timings.get("events predict_threads") != threads:
+        raise RuntimeError(f"heareval's event predictor in {emb_dir} ran with {timings.get('events predict_threads')} "
+                           f"threads, not --threads {threads}; rerun with --fresh")
+
+    meta = json.loads((emb_dir / "task_metadata.json").read_text())
+    labels = [line.split(",", 1)[1] for line in (emb_dir / "labelvocabulary.csv").read_text().splitlines()[1:]]
+    frames, label_mismatch, n_frames, at_end = {}, 0, 0, 0
+    for split in ("train", "valid", "test"):
+        frames[split], theirs = read_heareval_event_split(emb_dir, split, labels)
+        bad = np.flatnonzero((frames[split].y != theirs).any(axis=1))
+        label_mismatch += len(bad)
+        n_frames += len(theirs)
+        for i in bad:  # a timestamp exactly on an event's end?
+            f = int(np.searchsorted(frames[split].offsets, i, side="right")) - 1
+            ends = {float(e["end"]) for e in frames[split].reference[frames[split].file_names[f]]}
+            at_end += int(float(frames[split].timestamps[i]) in ends)
+    nan_stops = 0  # heareval runs whose last validation score was nan (Lightning's EarlyStopping stops on it)
+    for version in (emb_dir / "lightning_logs").glob("version_*"):
+        checks = [row["val_score"] for row in _read_csv(version / "metrics.csv") if row.get("val_score")]
+        nan_stops += int(bool(checks) and checks[-1].lower() == "nan")
+    he = json.loads((emb_dir / "test.predicted-scores.json").read_text())
+    with (emb_dir / "test.predictions.pkl").open("rb") as fh:
+        he_pred = pickle.load(fh)  # heareval's own output of this run: test events among torch tensors
+    he_events = {name: [{"label": str(e["label"]), "start": float(e["start"]), "end": float(e["end"])} for e in evs]
+                 for name, evs in he_pred["predicted_events"].items()}
+    rescored = score_events(he_events, frames["test"].reference, labels, meta["evaluation"])
+
+    cfg = replace(event_probe_config(MLP_PRESETS["hear"], meta["task_name"], meta), grid_draw="heareval",
+                  shuffle=False)
+    ours, started, load = {}, time.strftime("%Y-%m-%d %H:%M"), round(os.getloadavg()[0], 1)
+    for seed in seeds:
+        start = time.perf_counter()
+        result = fit_event_rounds([(frames["train"], frames["valid"], frames["test"])], labels=labels,
+                                  evaluation=meta["evaluation"], cfg=cfg, seed=seed, grid=postprocessing_grid(meta),
+                                  use_scoring=bool(meta.get("use_scoring_for_early_stopping", True)))[0]
+        ours[seed] = {"metrics": result.metrics, "selected": result.selected, "postprocessing": result.postprocessing,
+                      "seconds": time.perf_counter() - start,
+                      "epochs": sum(max(h["epoch"] for h in result.history if h["config"] == c)
+                                    for c in {h["config"] for h in result.history})}
+        print(f"[interop] ours seed {seed}: test {meta['evaluation'][0]} "
+              f"{result.metrics[meta['evaluation'][0]]:.3f} in {ours[seed]['seconds']:.1f} s", flush=True)
+    profile = json.loads((emb_dir / "profile.embeddings.json").read_text())
+    return {"meta": meta, "heareval": he, "heareval_runs": read_heareval_predictions(emb_dir)["runs"],
+            "rescored": rescored, "ours": ours, "frames": n_frames, "label_mismatch": label_mismatch,
+            "label_mismatch_at_end": at_end, "nan_stops": nan_stops,
+            "runs_total": len(list((emb_dir / "lightning_logs").glob("version_*"))),
+            "dim": int(frames["train"].x.shape[1]), "embed_wall": timings["events embed"],
+            "embed_profile": profile["time_elapsed"], "predict_wall": timings["events predict"],
+            "predict_started": timings.get("events predict_started"), "predict_load": timings.get("events predict_load"),
+            "ours_started": started, "ours_load": load, "files": {s: len(f.file_names) for s, f in frames.items()}}
+
+
+def render_event_report(info: dict[str, Any], ev: dict[str, Any]) -> str:
+    meta, he, ours = ev["meta"], ev["heareval"], ev["ours"]
+    names = meta["evaluation"]
+    seeds = sorted(ours)
+    he_test = he["test"]
+    lines = [
+        "# hear-eval-kit interop: event task",
+        "",
+        f"Generated by `python eval/heareval_interop.py --parts events` on {info['date']} ({info['machine']}; load "
+        f"average {info['load']} at the start).",
+        "",
+        f"Task: `{HEAR_EVENTS_TASK_NAME}`, the HEAR event task written by `hear_dymn.bench.tasks.synthetic` "
+        f"(hear-preprocess layout, embedding_type `event`, {ev['files']['train']} / {ev['files']['valid']} / "
+        f"{ev['files']['test']} files of 4 s, 3 classes of synthetic timbres with known event times; written at "
+        "48 kHz, with a 32 kHz copy since heareval reads `<task>/<model rate>/`). Model: `hear_dymn` with a "
+        "**random-weight** dymn04 checkpoint and `--model-options '{\"layers\": [5]}'` (block 5 + 128 log-mel "
+        f"values per 50 ms timestamp, {ev['dim']} dims), not pretrained weights.",
+        "",
+        "## 1. heareval's embedding runner (timestamp embeddings)",
+        "",
+        f"`python -m heareval.embeddings.runner hear_dymn` completed in {ev['embed_wall']:.1f} s (heareval's "
+        f"embedding time {ev['embed_profile']:.1f} s) and wrote {ev['frames']} frames with "
+        "`<split>.filename-timestamps.json` and per-frame labels. Our frame labels (`hear_dymn.bench.events."
+        f"frame_labels` on the split files' events) differ from heareval's on **{ev['label_mismatch']}** of "
+        f"{ev['frames']} frames ({ev['label_mismatch_at_end']} of them on a timestamp exactly at an event's end: "
+        "heareval compares the float32 timestamp with `end + 0.0001`, which NumPy 2 evaluates in float32 "
+        "(`3700.0001` rounds to `3700.0`), so the end frame drops out; under the NumPy 1.19 heareval pins the "
+        "comparison is float64 and includes it, as ours does).",
+        "",
+        "## 2. heareval's predictor vs our event probe on the same embedding files",
+        "",
+        "Same protocol: heareval's default grid and the same 8 grid points, early stopping on the validation "
+        f"`{names[0]}` (every 3 epochs, patience 20), post-processing grid "
+        "(median filter 250 ms, minimum duration 125 / 250 ms) chosen on the validation files at each check, test "
+        "events from the best checkpoint with its post-processing, sed_eval scores. Differences that remain: "
+        "initialisation and dropout random streams (heareval: Lightning's global seed 42; ours: seeded per grid "
+        "point from `seed`). Ours scores the validation checks with its own onset F-measure (equal to sed_eval, "
+        "`tests/test_events.py`) and the test events with sed_eval.",
+        "",
+        "| run | " + " | ".join(f"test {n}" for n in names) + f" | valid {names[0]} | post-processing | "
+        "hidden layers | lr | initialization |",
+        "|---|" + "---|" * (len(names) + 5),
+    ]
+    pp = ", ".join(f"{k} {v:g}" for k, v in he.get("postprocessing", []))
+    hp = he.get("hparams", {})
+    lines.append(f"| heareval (seed 42) | " + " | ".join(f"{he_test[f'test_{n}']:.3f}" for n in names)
+                 + f" | {he_test['validation_score']:.3f} | {pp} | {hp.get('hidden_layers')} | {hp.get('lr')} | "
+                 f"{'xavier_normal' if 'normal' in str(hp.get('initialization')) else 'xavier_uniform'} |")
+    for s in seeds:
+        o = ours[s]
+        sel = o["selected"]
+        lines.append(f"| ours seed {s} | " + " | ".join(f"{o['metrics'][n]:.3f}" for n in names)
+                     + f" | {o['metrics'][f'valid_{names[0]}']:.3f} | "
+                     + ", ".join(f"{k} {v:g}" for k, v in sorted(o["postprocessing"].items()))
+                     + f" | {sel['hidden_layers']} | {sel['lr']} | {sel['initialization']} |")
+    means = {n: float(np.mean([ours[s]["metrics"][n] for s in seeds])) for n in names}
+    spread = {n: float(np.std([ours[s]["metrics"][n] for s in seeds], ddof=1)) if len(seeds) > 1 else float("nan")
+              for n in names}
+    lines += [
+        "",
+        "Ours over seeds: " + "; ".join(f"{n} {means[n]:.3f} (seed-to-seed std {spread[n]:.3f}, heareval "
+                                        f"{he_test[f'test_{n}']:.3f}, difference {he_test[f'test_{n}'] - means[n]:+.3f})"
+                                        for n in names) + ".",
+        "",
+        (("**Not within seed noise.** " if not min(ours[s]["metrics"][names[0]] for s in seeds)
+          <= he_test[f"test_{names[0]}"] <= max(ours[s]["metrics"][names[0]] for s in seeds) else "")
+         + f"{ev['nan_stops']} of heareval's {ev['runs_total']} Lightning runs ended on a "
+        "validation check whose onset F-measure was `nan` (no event predicted on any validation file): Lightning's "
+        "`EarlyStopping` (`check_finite=True`) stops a run there, long before its patience of 20 checks, while our "
+        "probe counts such a check as no improvement and trains on. On this random-weight embedding the validation "
+        "scores are low and noisy (6 validation files), so heareval kept a checkpoint from its first checks, "
+        "whose test events match no reference onset. Matching heareval here needs the same stop-on-nan rule in "
+        "our MLP probe (not implemented).") if ev["nan_stops"] else "No heareval run ended on a `nan` check.",
+        "",
+        "heareval's saved test events (`test.predictions.pkl`) rescored with our sed_eval scoring "
+        "(`hear_dymn.bench.events.score_events`): " + ", ".join(
+            f"{n} {ev['rescored'][n]:.6f} (heareval reports {he_test[f'test_{n}']:.6f})" for n in names) + ".",
+        "",
+        "## 3. Wall time (CPU)",
+        "",
+        f"heareval's predictor ran at {ev['predict_started']} (1-minute load average {ev['predict_load']}), ours from "
+        f"{ev['ours_started']} (load {ev['ours_load']}), each with {info['threads']} thread(s); not interleaved.",
+        "",
+        "| run | wall time (s) | epochs trained (all grid points) |",
+        "|---|---|---|",
+        f"| heareval predictor process (imports included) | {ev['predict_wall']:.1f} | "
+        f"{sum(r['epochs_run'] for r in ev['heareval_runs'])} |",
+    ]
+    lines += [f"| ours seed {s} (`fit_event_rounds`) | {ours[s]['seconds']:.1f} | {ours[s]['epochs']} |" for s in seeds]
+    lines += ["", "## Versions", ""] + [f"* {k}: {v}" for k, v in info["versions"].items()] + [""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The interop run
 
 
@@ -412,6 +656,24 @@ def render_report(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PART_FILES = {"scene": "heareval_interop.md", "events": "heareval_interop_events.md"}
+
+
+def _previous_parts(out_dir: Path) -> dict[str, dict[str, str]]:
+    """``parts`` of the report folder's ``run.json`` (which part was made when); a folder from before parts
+    existed holds the scene part only."""
+    try:
+        manifest = json.loads((out_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    parts = (manifest.get("info") or {}).get("parts") or manifest.get("parts")
+    if isinstance(parts, dict):
+        return parts
+    if PART_FILES["scene"] in manifest.get("files", []):
+        return {"scene": {"file": PART_FILES["scene"], "date": "before parts were recorded"}}
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/hear_dymn_heareval_interop"),
@@ -424,6 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for both predictors (heareval via OMP_NUM_THREADS; default 1: on a shared "
                              "machine two-thread OpenMP regions mostly wait for each other)")
+    parser.add_argument("--parts", nargs="+", choices=tuple(PART_FILES), default=list(PART_FILES),
+                        help="which comparisons to run (default: both); a part not run keeps its report file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -442,68 +706,86 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    embedding_runs = []
-    for options, folder in (("{}", "hear_dymn"), ('{"layers": [5]}', "hear_dymn-layers=5")):
-        emb_dir = work / "embeddings" / folder / HEAR_KFOLD_TASK_NAME
-        if not (emb_dir / ".done.embeddings").exists():
-            print(f"[interop] heareval embeddings runner, --model-options {options}", flush=True)
-            timings[f"embed {options}"] = run_heareval(
-                "heareval.embeddings.runner",
-                ["hear_dymn", "--model", str(ckpt), "--tasks-dir", str(work / "tasks"), "--task",
-                 HEAR_KFOLD_TASK_NAME, "--embeddings-dir", str(work / "embeddings"), "--model-options", options],
-                work / "logs" / f"embed-{folder}.log", cwd=work)
+    base = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU "
+            f"cores, torch threads {torch.get_num_threads()}", "load": load, "threads": args.threads,
+            "versions": heareval_versions()}
+    files: dict[str, str | bytes] = {}
+    if "scene" in args.parts:
+        embedding_runs = []
+        for options, folder in (("{}", "hear_dymn"), ('{"layers": [5]}', "hear_dymn-layers=5")):
+            emb_dir = work / "embeddings" / folder / HEAR_KFOLD_TASK_NAME
+            if not (emb_dir / ".done.embeddings").exists():
+                print(f"[interop] heareval embeddings runner, --model-options {options}", flush=True)
+                timings[f"embed {options}"] = run_heareval(
+                    "heareval.embeddings.runner",
+                    ["hear_dymn", "--model", str(ckpt), "--tasks-dir", str(work / "tasks"), "--task",
+                     HEAR_KFOLD_TASK_NAME, "--embeddings-dir", str(work / "embeddings"), "--model-options", options],
+                    work / "logs" / f"embed-{folder}.log", cwd=work)
+                timings_path.write_text(json.dumps(timings, indent=2))
+            meta, splits = read_heareval_embeddings(emb_dir)
+            profile = json.loads((emb_dir / "profile.embeddings.json").read_text())
+            embedding_runs.append({"options": options, "dim": next(iter(splits.values())).x.shape[1],
+                                   "clips": sum(len(s) for s in splits.values()), "wall": timings[f"embed {options}"],
+                                   "profile": profile["time_elapsed"], "abs_max": max(float(np.abs(s.x).max())
+                                                                                     for s in splits.values())})
+
+        pred_dir = work / "embeddings" / "hear_dymn-layers=5" / HEAR_KFOLD_TASK_NAME
+        if not (pred_dir / "prediction-done.json").exists():
+            print("[interop] heareval predictions runner (8 grid points; this takes minutes on CPU)", flush=True)
+            timings["predict_started"] = time.strftime("%Y-%m-%d %H:%M")
+            timings["predict_load"] = round(os.getloadavg()[0], 1)
+            timings["predict"] = run_heareval("heareval.predictions.runner", [str(pred_dir)],
+                                              work / "logs" / "predict.log", cwd=work, threads=args.threads)
+            timings["predict_threads"] = args.threads
             timings_path.write_text(json.dumps(timings, indent=2))
-        meta, splits = read_heareval_embeddings(emb_dir)
-        profile = json.loads((emb_dir / "profile.embeddings.json").read_text())
-        embedding_runs.append({"options": options, "dim": next(iter(splits.values())).x.shape[1],
-                               "clips": sum(len(s) for s in splits.values()), "wall": timings[f"embed {options}"],
-                               "profile": profile["time_elapsed"], "abs_max": max(float(np.abs(s.x).max())
-                                                                                 for s in splits.values())})
+            timings_path.write_text(json.dumps(timings, indent=2))
+        heareval = read_heareval_predictions(pred_dir)
+        heareval["process_seconds"] = timings["predict"]
+        heareval["started"], heareval["load"] = timings.get("predict_started", "?"), timings.get("predict_load", "?")
+        ours_load = round(os.getloadavg()[0], 1)
+        if timings.get("predict_threads") != args.threads:
+            raise RuntimeError(f"heareval's predictor in {pred_dir} ran with {timings.get('predict_threads')} threads, "
+                               f"not --threads {args.threads}; rerun with --fresh")
 
-    pred_dir = work / "embeddings" / "hear_dymn-layers=5" / HEAR_KFOLD_TASK_NAME
-    if not (pred_dir / "prediction-done.json").exists():
-        print("[interop] heareval predictions runner (8 grid points; this takes minutes on CPU)", flush=True)
-        timings["predict_started"] = time.strftime("%Y-%m-%d %H:%M")
-        timings["predict_load"] = round(os.getloadavg()[0], 1)
-        timings["predict"] = run_heareval("heareval.predictions.runner", [str(pred_dir)],
-                                          work / "logs" / "predict.log", cwd=work, threads=args.threads)
-        timings["predict_threads"] = args.threads
-        timings_path.write_text(json.dumps(timings, indent=2))
-        timings_path.write_text(json.dumps(timings, indent=2))
-    heareval = read_heareval_predictions(pred_dir)
-    heareval["process_seconds"] = timings["predict"]
-    heareval["started"], heareval["load"] = timings.get("predict_started", "?"), timings.get("predict_load", "?")
-    ours_load = round(os.getloadavg()[0], 1)
-    if timings.get("predict_threads") != args.threads:
-        raise RuntimeError(f"heareval's predictor in {pred_dir} ran with {timings.get('predict_threads')} threads, "
-                           f"not --threads {args.threads}; rerun with --fresh")
+        meta, splits = read_heareval_embeddings(pred_dir)  # the files heareval's predictor has just read
+        rounds = heareval_rounds(meta, splits)
+        cfg = replace(MLP_PRESETS["hear"], grid_draw="heareval", shuffle=False)
+        ours_started = time.strftime("%Y-%m-%d %H:%M")
+        ours = {}
+        for seed in args.seeds:
+            results, seconds = run_ours(rounds, cfg, seed)
+            epochs = sum(max(h["epoch"] for h in r.history if h["config"] == c)
+                         for r in results for c in {h["config"] for h in r.history})
+            ours[seed] = {
+                "folds": {name: {"test": r.metrics["accuracy"], "valid": r.metrics["valid_accuracy"]}
+                          for (name, *_), r in zip(rounds, results)},
+                "selected": results[0].selected, "seconds": seconds, "epochs": epochs,
+            }
+            print(f"[interop] ours seed {seed}: mean test accuracy "
+                  f"{np.mean([v['test'] for v in ours[seed]['folds'].values()]):.3f} in {seconds:.1f} s", flush=True)
 
-    meta, splits = read_heareval_embeddings(pred_dir)  # the files heareval's predictor has just read
-    rounds = heareval_rounds(meta, splits)
-    cfg = replace(MLP_PRESETS["hear"], grid_draw="heareval", shuffle=False)
-    ours_started = time.strftime("%Y-%m-%d %H:%M")
-    ours = {}
-    for seed in args.seeds:
-        results, seconds = run_ours(rounds, cfg, seed)
-        epochs = sum(max(h["epoch"] for h in r.history if h["config"] == c)
-                     for r in results for c in {h["config"] for h in r.history})
-        ours[seed] = {
-            "folds": {name: {"test": r.metrics["accuracy"], "valid": r.metrics["valid_accuracy"]}
-                      for (name, *_), r in zip(rounds, results)},
-            "selected": results[0].selected, "seconds": seconds, "epochs": epochs,
+        info = {
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"torch threads {torch.get_num_threads()}", "load": load, "threads": args.threads,
+            "embedding_runs": embedding_runs, "default_abs_max": embedding_runs[0]["abs_max"],
+            "probe_dim": embedding_runs[1]["dim"], "probe_abs_max": embedding_runs[1]["abs_max"],
+            "rounds": rounds, "heareval": heareval, "ours": ours, "versions": heareval_versions(),
+            "ours_started": ours_started, "ours_load": ours_load,
         }
-        print(f"[interop] ours seed {seed}: mean test accuracy "
-              f"{np.mean([v['test'] for v in ours[seed]['folds'].values()]):.3f} in {seconds:.1f} s", flush=True)
-
-    info = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch threads {torch.get_num_threads()}", "load": load, "threads": args.threads,
-        "embedding_runs": embedding_runs, "default_abs_max": embedding_runs[0]["abs_max"],
-        "probe_dim": embedding_runs[1]["dim"], "probe_abs_max": embedding_runs[1]["abs_max"],
-        "rounds": rounds, "heareval": heareval, "ours": ours, "versions": heareval_versions(),
-        "ours_started": ours_started, "ours_load": ours_load,
-    }
-    for path in write_run(args.out_dir, "heareval_interop", {"heareval_interop.md": render_report(info)}):
+        files["heareval_interop.md"] = render_report(info)
+    if "events" in args.parts:
+        events = run_event_part(work, ckpt, args.seeds, args.threads, timings, timings_path)
+        files["heareval_interop_events.md"] = render_event_report(base, events)
+    previous = _previous_parts(args.out_dir)
+    parts = dict(previous)
+    for part, name in PART_FILES.items():
+        if part in args.parts:
+            parts[part] = {"file": name, "date": base["date"]}
+        elif (args.out_dir / name).is_file() and part in previous:
+            files[name] = (args.out_dir / name).read_bytes()  # not rerun: kept as it was
+    files = {name: files[name] for name in sorted(files)}
+    parts = {k: v for k, v in parts.items() if v["file"] in files}
+    for path in write_run(args.out_dir, "heareval_interop", files, {"parts": parts}):
         print(f"[interop] wrote {path}", flush=True)
     return 0
 

@@ -4,6 +4,7 @@
     python eval/run_suite.py                       # quick offline suite (synthetic miniatures) -> reports/
     python eval/run_suite.py --suite paper --data esc50=/data/ESC-50 fsd50k=/data/FSD50K openmic=/data/openmic
     python eval/run_suite.py --models dymn04 path/to/dymn10_as.pt logmel --tasks esc50 --protocols linear
+    python eval/run_suite.py --data esc10=/data/ESC-50 --models logmel --protocols linear   # ESC-10 rows only
     torchrun --nproc-per-node 4 eval/run_suite.py --protocols finetune --device cuda   # data-parallel fine-tuning
     python eval/run_suite.py --backend ray --ray-address auto --ray-gpus-per-worker 1   # embed on a Ray cluster
 
@@ -21,14 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from hear_dymn import threads  # noqa: E402  (first: sets the OpenMP wait policy before torch loads)
 from hear_dymn.bench.ray_backend import RayUnavailableError  # noqa: E402
+from hear_dymn.bench.hear_module import parse_options  # noqa: E402
+from hear_dymn.bench.pipeline import thread_budget_workers  # noqa: E402
 from hear_dymn.bench.suite import SUITES, SuiteConfig, run_suite, suite_config  # noqa: E402
 from hear_dymn.models import CheckpointError  # noqa: E402
 
 HELP = {
     "models": "architectures (dymn10: released weights, else random init in the quick suite), weights names "
-              "(dymn10_as: required), checkpoint paths, or logmel",
-    "tasks": "esc50, fsd50k, openmic, hear (a HEAR task folder given with --data hear=PATH); default: the tasks "
-             "named in --data if given, else the suite's",
+              "(dymn10_as: required), checkpoint paths, logmel, or any HEAR module as hear:MODULE[:CHECKPOINT] "
+              "(e.g. hear:hearbaseline.torchcrepe; audio at the module's own sample rate)",
+    "tasks": "esc50, esc10 (the esc10 rows of an ESC-50 root: --data esc10=PATH), fsd50k, openmic, hear (--data "
+             "hear=PATH: a HEAR task folder, or a folder of them: every task found "
+             "runs); default: the tasks named in --data if given, else the suite's",
     "protocols": "linear, mlp, finetune",
     "finetune_preset": "fine-tuning recipes: paper (EfficientAT's per-task recipes) or quick (2 epochs)",
     "finetune_epochs": "override the preset's number of epochs",
@@ -50,17 +55,24 @@ HELP = {
     "ray_workers": "Ray actors (default: as many as the cluster fits)",
     "ray_gpus_per_worker": "GPUs per Ray actor (0: CPU; 0.5: two actors share a GPU)",
     "ray_cpus_per_worker": "CPUs per Ray actor, also its torch threads",
+    "loader_workers": "audio decoding processes beside the network (extraction and fine-tuning; results do not "
+                      "depend on it); each takes one core from the torch threads",
+    "audio_store": "fine-tuning decodes each clip once into CACHE/audio and trains on it: int16 (compact, "
+                   "16-bit), float32 (exact, twice the size) or off (decode every epoch)",
 }
-TYPES = {"finetune_epochs": int, "ray_workers": int, "ray_gpus_per_worker": float, "ray_cpus_per_worker": float}
-CHOICES = {"backend": ("local", "ray"), "probe_precision": ("float32", "bfloat16")}
+TYPES = {"finetune_epochs": int, "ray_workers": int, "ray_gpus_per_worker": float, "ray_cpus_per_worker": float,
+         "loader_workers": int}
+CHOICES = {"backend": ("local", "ray"), "probe_precision": ("float32", "bfloat16"),
+           "audio_store": ("int16", "float32", "off")}
 LISTS = ("models", "tasks", "protocols", "seeds", "finetune_models", "finetune_seeds")
-NOT_FLAGS = ("suite", "data", "allow_random_init")
+NOT_FLAGS = ("suite", "data", "allow_random_init", "hear_options")
 # what a user gets wrong (a name, a path, a layout, missing weights): one line on stderr, exit code 2
 USER_ERRORS = (ValueError, KeyError, CheckpointError, RayUnavailableError, FileNotFoundError)
 
 
 NONE_MEANS = {"finetune_models": "all networks", "finetune_seeds": "the probe seeds", "finetune_epochs": "the preset's",
-              "ray_address": "a local cluster", "ray_workers": "as many as fit"}
+              "ray_address": "a local cluster", "ray_workers": "as many as fit",
+              "loader_workers": "none below 4 CPU cores, up to 2 on CPU, up to 8 with CUDA"}
 
 
 def _shown(name: str, value) -> str:
@@ -96,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="+", default=[], metavar="TASK=PATH",
                         help="dataset roots in their official layouts, e.g. esc50=/data/ESC-50-master; without "
                              "--tasks, only these tasks run")
+    parser.add_argument("--hear-options", nargs="+", default=[], metavar="MODULE=JSON",
+                        help="load_model keyword arguments of a HEAR module given with --models hear:MODULE, as a "
+                             "JSON object, e.g. my_pkg.module='{\"hop_ms\": 25}' (part of the cache key)")
     parser.add_argument("--no-random-init", action="store_true",
                         help="fail instead of falling back to random init when released weights are missing")
     parser.add_argument("--threads", type=int, default=None,
@@ -125,6 +140,8 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     if args.no_random_init:
         overrides["allow_random_init"] = False
     cfg = suite_config(args.suite, **overrides)
+    if args.hear_options:
+        cfg = dataclasses.replace(cfg, hear_options=parse_options(args.hear_options))
     return dataclasses.replace(cfg, data=data) if data else cfg
 
 
@@ -133,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        budget = threads.apply(args.threads)
         cfg = config_from_args(args)
+        budget = threads.apply(args.threads, workers=thread_budget_workers(cfg.loader_workers, cfg.device))
         result = run_suite(cfg, progress=not args.quiet, threads=budget)
     except USER_ERRORS as err:
         if args.verbose:

@@ -9,7 +9,7 @@ Two settings matter on a CPU that other jobs share:
   imported or the variable is already set (a value you set yourself always wins).
 * **Intra-op threads.** :func:`decide` gives one torch thread per core this process may run on
   (``os.sched_getaffinity``, so ``taskset`` and container CPU sets are respected), less the cores that worker
-  processes of the same job get. ``HEAR_DYMN_THREADS=N`` or a CLI's ``--threads N`` overrides it. The count does not
+  processes of the same job get (audio loader workers, ``bench/pipeline.py``, run one thread each). ``HEAR_DYMN_THREADS=N`` or a CLI's ``--threads N`` overrides it. The count does not
   depend on the machine's load, so a run's numbers do not change with what else is running.
 
 The CLIs apply the budget with :func:`apply` and write :meth:`ThreadBudget.describe` into the report provenance.

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import torchaudio.functional as AF
 
-from hear_dymn.bench.audio import AudioReadError, read_audio
+from hear_dymn.bench.audio import AudioReadError, read_audio, resample
 
 
 def _sine(freq: float, seconds: float, sr: int) -> np.ndarray:
@@ -72,3 +74,15 @@ def test_bad_sample_rate_and_pickling(tmp_path: Path) -> None:
         read_audio(tmp_path / "x.wav", 0)
     err = pickle.loads(pickle.dumps(AudioReadError(tmp_path / "x.wav", "reason")))
     assert err.path == tmp_path / "x.wav" and err.reason == "reason" and "x.wav" in str(err)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+def test_resampling_equals_torchaudio_bit_for_bit(tmp_path: Path, rate: int) -> None:
+    # The cached kernel must not change a single sample against torchaudio's own resample.
+    wave = np.random.default_rng(rate).uniform(-0.9, 0.9, rate + 123).astype(np.float32)
+    sf.write(tmp_path / "a.wav", wave, rate, subtype="FLOAT")
+    expected = AF.resample(torch.from_numpy(wave), rate, 32000).numpy()
+    for _ in range(2):  # the second call uses the cached kernel
+        np.testing.assert_array_equal(read_audio(tmp_path / "a.wav", 32000), expected)
+    doubled = torch.from_numpy(wave).double()
+    assert torch.equal(resample(doubled, rate, 32000), AF.resample(doubled, rate, 32000))

@@ -36,7 +36,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tasks", "esc5O"], "error: unknown task 'esc5O'; did you mean 'esc50'?"),
+    (["--tasks", "esc5O"], "error: unknown task 'esc5O'; did you mean 'esc50', 'esc10'?"),
     (["--protocols", "probe"], "error: unknown protocol(s) 'probe'; protocols: linear, mlp, finetune"),
     (["--threads", "0"], "error: --threads must be at least 1, got 0"),
     (["--data", "esc50"], "error: --data expects TASK=PATH, got 'esc50'"),
@@ -138,3 +138,73 @@ def test_importing_the_package_sets_the_wait_policy_before_torch(preset, expecte
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          timeout=120, cwd=ROOT).stdout.split()
     assert out == [expected, "True"]
+
+
+def _release_folder(root: Path) -> Path:
+    """Two HEAR scene tasks as the public release unpacks: tasks/<task>/ with a 48000/ audio folder only."""
+    import shutil
+
+    from hear_dymn.bench.tasks.synthetic import write_miniature
+
+    write_miniature("hear", root / "tasks" / "mini_scene-v1.0.0-mini", seed=0, clips_per_class=6)
+    shutil.rmtree(root / "tasks" / "mini_scene-v1.0.0-mini" / "16000")
+    kfold = write_miniature("hear_kfold", root / "tasks" / "mini_scene_kfold-v1.0.0-mini", seed=0, clips_per_class=5)
+    (kfold / "32000").rename(kfold / "48000")  # rates are not checked against the folder name's claim
+    return root
+
+
+@pytest.mark.slow  # two tasks x two models end to end through the command line
+def test_a_folder_of_hear_tasks_runs_every_task_with_a_hear_module(cli, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "hear_modules"))
+    data = _release_folder(tmp_path / "hear2021")
+    argv = ["--models", "hear:tiny_hear", "logmel", "--hear-options", 'tiny_hear={"size": 6}',
+            "--data", f"hear={data}", "--protocols", "linear", "--seeds", "0", "--quiet",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    table = list(__import__("csv").DictReader((tmp_path / "out" / "leaderboard.csv").open()))
+    measured = {(r["model"], r["task"]) for r in table if r["source"] == "measured"}
+    assert measured == {(m, t) for m in ("tiny_hear", "logmel") for t in ("hear:mini_scene", "hear:mini_scene_kfold")}
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert 'HEAR module `tiny_hear` version 0.1.0, 16000 Hz; options {"size": 6}' in md
+    assert "mini_scene_kfold-v1.0.0-mini" in md  # each task's own folder in the provenance
+    row = json.loads((tmp_path / "out" / "results" / "tiny_hear" / "linear" / "hear_mini_scene_kfold.json").read_text())
+    assert len(row["per_split"]) == 5 and row["hear_scores"]["top1_acc"] == pytest.approx(row["mean"])
+    # options for a module that does not run, and an event task among the folders: one clear line each
+    assert cli.main([*argv[:3], "--hear-options", 'other.mod={"a": 1}', *argv[5:]]) == 2
+    assert "error: --hear-options given for other.mod, which is not among the models" in capsys.readouterr().err
+
+
+def test_hear_folder_discovery_finds_scene_and_event_tasks(cli, tmp_path, capsys) -> None:
+    import json
+    import shutil
+
+    from hear_dymn.bench.suite import _load_tasks
+
+    data = _release_folder(tmp_path / "hear2021")
+    event = data / "tasks" / "mini_event-v1.0.0-mini"
+    shutil.copytree(data / "tasks" / "mini_scene-v1.0.0-mini", event)
+    meta = json.loads((event / "task_metadata.json").read_text())
+    meta.update(task_name="mini_event", embedding_type="event", prediction_type="multilabel",
+                evaluation=["event_onset_200ms_fms", "segment_1s_er"])
+    (event / "task_metadata.json").write_text(json.dumps(meta))
+    for split in ("train", "valid", "test"):
+        entries = json.loads((event / f"{split}.json").read_text())
+        (event / f"{split}.json").write_text(json.dumps(
+            {f: [{"label": labels[0], "start": 100.0, "end": 600.0}] for f, labels in entries.items()}))
+    roots = {"hear": str(data)}
+    tasks = _load_tasks(("hear",), roots)
+    assert list(tasks) == ["hear:mini_event", "hear:mini_scene", "hear:mini_scene_kfold"]
+    assert tasks["hear:mini_event"].spec.embedding_type == "event"
+    assert roots == {"hear:mini_event": str(event), "hear:mini_scene": str(data / "tasks" / "mini_scene-v1.0.0-mini"),
+                     "hear:mini_scene_kfold": str(data / "tasks" / "mini_scene_kfold-v1.0.0-mini")}
+    # one task folder given directly is that task alone; two folders of one task name are refused
+    assert list(_load_tasks(("hear",), {"hear": str(event)})) == ["hear"]
+    shutil.copytree(event, data / "tasks" / "mini_event-v1.0.0-5h")
+    with pytest.raises(ValueError, match="are both task 'hear:mini_event'"):
+        _load_tasks(("hear",), {"hear": str(data)})
+    argv = ["--models", "logmel", "--data", f"hear={tmp_path}/nothing", "--protocols", "linear", "--quiet",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    assert "no HEAR task folder found" in capsys.readouterr().err

@@ -249,6 +249,7 @@ def test_two_fold_hear_task_is_refused_for_probes(tmp_path) -> None:
     root = write_miniature("hear_kfold", tmp_path / "hear", seed=0)
     meta = json.loads((root / "task_metadata.json").read_text())
     meta["nfolds"] = 2
+    meta["splits"] = meta["splits"][:2]
     (root / "task_metadata.json").write_text(json.dumps(meta))
     cfg = suite_config("quick", models=("logmel",), tasks=("hear",), protocols=("linear",), data={"hear": str(root)},
                        out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c"))

@@ -1,7 +1,8 @@
 """The benchmark suite: models x tasks x protocols -> result JSONs, prediction files and leaderboard reports.
 
 Suites:
-* ``quick`` (the offline default): the synthetic miniatures of ESC-50, FSD50K and OpenMIC, written on the fly;
+* ``quick`` (the offline default): the synthetic miniatures of ESC-50, FSD50K and OpenMIC and a small HEAR event
+  task (``hear:mini_events``, scored through the timestamp API with the HEAR event protocol), written on the fly;
   models dymn04, dymn10, mn10 and the log-mel baseline; linear and mlp probes. Architectures given by name use
   their released AudioSet weights when these are available (cached or downloadable) and otherwise **random init**
   (seeded), which the reports state on every row.
@@ -31,11 +32,16 @@ from .. import threads as thread_budget
 from ..hear import HearModel, EmbeddingConfig
 from ..models import PRETRAINED, create_model, list_models
 from ..models.random_weights import random_state_dict
-from ..models.weights import DEFAULT_WEIGHTS, WeightsUnavailableError, infer_architecture, read_state_dict
+from ..models.registry import infer_architecture
+from ..models.weights import DEFAULT_WEIGHTS, WeightsUnavailableError, read_state_dict
 from .atomic import atomic_savez, atomic_write_text
+from .audio_store import AudioStore
 from .embeddings import EmbeddingCache, ExtractionStats, HearEmbedder, LogMelBaseline, embedder_key
+from .metrics import HEAR_SCENE_SCORES, hear_scene_scores
+from .hear_module import HearModuleEmbedder, build_hear_embedder, is_hear_spec, parse_spec
 from .finetune import (TRAINING_VERSION, DistContext, FinetuneData, clip_masks, init_distributed, metric_targets,
                        run_finetune)
+from .pipeline import LoaderOptions
 from .recipes import FINETUNE_PRESETS, recipe_for
 from .run_folder import RunFolder, check_writable
 from .probes import LINEAR_PRESETS, MLP_PRESETS, MLPProbeConfig, ProbeData, fit_linear_probe, fit_mlp_probe, fold_splits
@@ -57,7 +63,7 @@ REPORTED_RESULTS = (
 class SuiteConfig:
     suite: str = "quick"
     models: tuple[str, ...] = ("dymn04", "dymn10", "mn10", "logmel")
-    tasks: tuple[str, ...] = ("esc50", "fsd50k", "openmic")
+    tasks: tuple[str, ...] = ("esc50", "fsd50k", "openmic", "hear:mini_events")
     protocols: tuple[str, ...] = ("linear", "mlp", "finetune")
     seeds: tuple[int, ...] = (0, 1)
     linear_preset: str = "default"
@@ -78,11 +84,15 @@ class SuiteConfig:
     ray_workers: int | None = None  # None: as many as the cluster fits
     ray_gpus_per_worker: float = 0.0
     ray_cpus_per_worker: float = 1.0  # also each worker's torch threads
+    hear_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # HEAR module -> load_model kwargs
+    loader_workers: int | None = None  # audio decoding processes (pipeline.py); None: the device's default
+    audio_store: str = "int16"  # fine-tuning's decoded-audio store (audio_store.py): int16, float32 or off
 
 
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {},
     "paper": {"models": ("dymn04_as", "dymn10_as", "dymn20_as", "mn04_as", "mn10_as", "mn40_as_ext", "logmel"),
+              "tasks": ("esc50", "fsd50k", "openmic"),
               "seeds": (0, 1, 2), "mlp_preset": "hear", "allow_random_init": False, "finetune_preset": "paper",
               "finetune_models": None, "finetune_seeds": None},
 }
@@ -91,9 +101,12 @@ SUITES: dict[str, dict[str, Any]] = {
 # options that change where and how a run computes, not its results: a default quick suite with these set is still
 # the default quick suite (the committed example report)
 _RESULT_NEUTRAL = ("out_dir", "run_name", "cache_dir", "backend", "ray_address", "ray_workers",
-                   "ray_gpus_per_worker", "ray_cpus_per_worker")
+                   "ray_gpus_per_worker", "ray_cpus_per_worker", "loader_workers")
 EXAMPLE_REPORT = Path("reports")  # the committed example, written by the default quick suite
+# quick-suite task names whose miniature has another kind name (tasks.synthetic)
+QUICK_MINIATURES = {"hear:mini_events": "hear_events"}
 RUNS_FOLDER = EXAMPLE_REPORT / "runs"
+AUDIO_STORES = ("int16", "float32", "off")
 
 
 def is_default_quick(cfg: SuiteConfig) -> bool:
@@ -109,7 +122,8 @@ def run_name(cfg: SuiteConfig) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", cfg.run_name):
             raise ValueError(f"run name {cfg.run_name!r}: use letters, digits and . _ + = - (it names a folder)")
         return cfg.run_name
-    models = [Path(m).stem if m.endswith(".pt") else m for m in cfg.models]
+    models = [parse_spec(m)[0] if is_hear_spec(m) else Path(m).stem if m.endswith(".pt") else m
+              for m in cfg.models]
     parts = [cfg.suite, "+".join(models), "+".join(t.replace(":", "_") for t in cfg.tasks), "+".join(cfg.protocols)]
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", "-".join(parts))
     default = suite_config(cfg.suite)
@@ -141,10 +155,14 @@ def suite_config(suite: str = "quick", **overrides: Any) -> SuiteConfig:
 # models
 
 
-def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> HearEmbedder | LogMelBaseline:
-    """``spec``: ``logmel``, an architecture (``dymn10``), a weights name (``dymn10_as``) or a checkpoint path."""
+def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu",
+                   hear_options: dict[str, dict[str, Any]] | None = None):
+    """``spec``: ``logmel``, an architecture (``dymn10``), a weights name (``dymn10_as``), a checkpoint path, or
+    any HEAR module ``hear:MODULE[:CHECKPOINT]`` (``hear_options[MODULE]``: its ``load_model`` keyword arguments)."""
     if spec == "logmel":
         return LogMelBaseline()
+    if is_hear_spec(spec):
+        return build_hear_embedder(spec, hear_options, device)
     path = Path(spec)
     if spec.endswith(".pt") or path.exists():
         arch = infer_architecture(read_state_dict(path))
@@ -179,6 +197,8 @@ def build_embedder(spec: str, allow_random_init: bool, device: str = "cpu") -> H
 
 def model_complexity(embedder: HearEmbedder | LogMelBaseline) -> tuple[float | None, float | None]:
     """(params in M, GMACs per 10 s as reported by the authors) or (None, None) for the baseline."""
+    if isinstance(embedder, HearModuleEmbedder):
+        return embedder.parameters_m(), None
     if not isinstance(embedder, HearEmbedder):
         return None, None
     network = embedder.model.network
@@ -221,7 +241,8 @@ def run_probe(protocol: str, cfg: SuiteConfig, task: Task, train: ProbeData, val
               test: ProbeData, seed: int):
     kwargs = dict(multilabel=task.spec.multilabel, metric=task.spec.main_metric, seed=seed)
     if protocol == "linear":
-        return fit_linear_probe(train, valid, test, cfg=LINEAR_PRESETS[cfg.linear_preset], **kwargs)
+        return fit_linear_probe(train, valid, test, cfg=LINEAR_PRESETS[cfg.linear_preset], device=cfg.device,
+                                **kwargs)
     if protocol == "mlp":
         return fit_mlp_probe(train, valid, test, cfg=mlp_config(cfg), **kwargs)
     raise ValueError(f"unknown protocol {protocol!r}; protocols: linear, mlp")
@@ -269,6 +290,7 @@ def run_suite(cfg: SuiteConfig, progress: bool = True, threads: thread_budget.Th
         check_task_name(name)  # before a miniature writer or a loader says something less direct
     _check_data(cfg)
     _check_device(cfg)
+    _check_audio_options(cfg)
     ctx = init_distributed(cfg.device)  # alone, or one of torchrun's processes (fine-tuning is data-parallel)
     probes = [p for p in cfg.protocols if p != "finetune"]
     if ctx.distributed and probes:
@@ -279,24 +301,27 @@ def run_suite(cfg: SuiteConfig, progress: bool = True, threads: thread_budget.Th
     final_dir = output_folder(cfg)
     if ctx.is_main:
         check_writable(final_dir, keep=[Path(cfg.cache_dir)])  # refuse a folder of stray files before any work
-    cache = EmbeddingCache(Path(cfg.cache_dir))
+    cache = EmbeddingCache(Path(cfg.cache_dir), loader=LoaderOptions(workers=cfg.loader_workers))
     data_roots = dict(cfg.data)
     for name in cfg.tasks:
         if name not in data_roots:
             if cfg.suite != "quick":
                 raise ValueError(f"suite {cfg.suite!r} needs --data {name}=PATH (the dataset's official layout)")
-            root = Path(cfg.cache_dir) / "miniatures" / name
+            root = Path(cfg.cache_dir) / "miniatures" / name.replace(":", "_")
             if ctx.is_main:
-                write_miniature(name, root, seed=0)
+                write_miniature(QUICK_MINIATURES.get(name, name), root, seed=0)
             data_roots[name] = str(root)
     ctx.barrier()
-    tasks = {name: get_task(name, Path(data_roots[name])) for name in cfg.tasks}
+    tasks = _load_tasks(cfg.tasks, data_roots)  # a HEAR root may hold many task folders: one task each
+    if probes:
+        _check_event_tasks(tasks, probes)
     for name, task in tasks.items():
         if probes and task.spec.protocol == "folds" and len(task.spec.splits) < 3:
             # the probes' fold rule needs a test fold, the next fold for validation and at least one to train on
             raise ValueError(f"task {name} has {len(task.spec.splits)} folds; the probes need at least 3 "
                              "(fine-tuning alone works with 2: --protocols finetune)")
-    embedders = [build_embedder(spec, cfg.allow_random_init, ctx.device) for spec in cfg.models]
+    _check_hear_options(cfg)
+    embedders = [build_embedder(spec, cfg.allow_random_init, ctx.device, cfg.hear_options) for spec in cfg.models]
     _check_unique_names(embedders)
     folder = RunFolder(final_dir, "run_suite", keep=[Path(cfg.cache_dir)]) if ctx.is_main else None
     try:
@@ -322,8 +347,13 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
         extraction = _extract_embeddings(cfg, cache, embedders, tasks, progress)
         for embedder in embedders:
             params_m, gmacs = model_complexity(embedder)
-            weights = embedder.describe().get("weights", {}) if isinstance(embedder, HearEmbedder) else {}
+            weights = embedder.describe().get("weights", {})  # sha256 of the weights or checkpoint, if any
             for name, task in tasks.items():
+                if _is_event(task):
+                    if "mlp" in probes:
+                        rows.extend(_run_event_task(cfg, out_dir, embedder, task, name, progress, extraction,
+                                                    clip_counts, skipped, params_m, gmacs, weights))
+                    continue
                 data = {}
                 for split in task.spec.splits:
                     bar = _progress(progress, f"embed {embedder.name}/{name}/{split}", len(task.clips(split)))
@@ -343,6 +373,8 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
     if "finetune" in cfg.protocols:
         for embedder in _finetuned(cfg, embedders):
             for task in tasks.values():
+                if _is_event(task):
+                    continue  # event tasks: HEAR's protocol (mlp) only
                 row, task_skipped = _run_finetune(cfg, ctx, out_dir, embedder, task, progress)
                 rows.append(row)
                 if task_skipped:
@@ -353,6 +385,9 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
         if name not in clip_counts:
             clip_counts[name] = {split: len(task.clips(split)) for split in task.spec.splits}
     rows.extend(_reported_rows(cfg))
+    # HEAR's leaderboard beside tasks read from real data, never beside the synthetic miniatures
+    rows.extend(reported_hear_rows({k: t for k, t in tasks.items()
+                                    if k in cfg.data or (k.startswith("hear:") and "hear" in cfg.data)}))
     provenance = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "suite": cfg.suite,
@@ -364,6 +399,7 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
         "weights": {e.name: _weights_line(e) for e in embedders},
         "datasets": {name: f"{data_roots[name]} ({', '.join(f'{s}: {n}' for s, n in clip_counts[name].items())})"
                      for name in tasks},
+        "task notes": {name: "; ".join(t.spec.notes) for name, t in tasks.items() if t.spec.notes} or "none",
         "skipped files": {t: sorted(ids) for t, ids in skipped.items()} or "none",
         "seeds": list(cfg.seeds),
         "probe presets": f"linear={cfg.linear_preset}, mlp={cfg.mlp_preset} ({cfg.probe_precision} products)",
@@ -383,12 +419,25 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
 
 
 def _weights_line(embedder) -> str:
+    if isinstance(embedder, HearModuleEmbedder):
+        return embedder.provenance_line()
     if not isinstance(embedder, HearEmbedder):
         return "no network (log-mel statistics)"
     info = embedder.model.weights_info
     if info.get("sha256"):
         return f"{embedder.weights_label} (sha256 {info['sha256']})"
     return "**random init** (seed 0) - official weights not available; NOT pretrained results"
+
+
+def _check_audio_options(cfg: SuiteConfig) -> None:
+    if cfg.audio_store not in AUDIO_STORES:
+        raise ValueError(f"unknown audio store {cfg.audio_store!r}; choices: {', '.join(AUDIO_STORES)}")
+    LoaderOptions(workers=cfg.loader_workers)  # says what is wrong with a negative count
+
+
+def audio_store_for(cfg: SuiteConfig) -> AudioStore | None:
+    """Fine-tuning's decoded-audio store under the cache folder, or None (``--audio-store off``)."""
+    return None if cfg.audio_store == "off" else AudioStore(Path(cfg.cache_dir) / "audio", 32000, cfg.audio_store)
 
 
 def _check_device(cfg: SuiteConfig) -> None:
@@ -424,7 +473,7 @@ def _extract_embeddings(cfg: SuiteConfig, cache: EmbeddingCache, embedders, task
 
     ray_cfg = RayConfig(address=cfg.ray_address, workers=cfg.ray_workers, gpus_per_worker=cfg.ray_gpus_per_worker,
                         cpus_per_worker=cfg.ray_cpus_per_worker, batch_size=cache.batch_size)
-    work = [(e, t, split) for e in embedders for t in tasks.values() for split in t.spec.splits]
+    work = [(e, t, split) for e in embedders for t in tasks.values() if not _is_event(t) for split in t.spec.splits]
     return fill_cache(cache, work, ray_cfg, progress=progress)
 
 
@@ -453,12 +502,17 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
     metric = spec.main_metric
     result_dir = out_dir / "results" / embedder.name / protocol
     per_round: dict[str, list[float]] = {}
+    hear_names = _hear_score_names(task)
+    hear_per_round: dict[str, list[dict[str, float]]] = {}
     seconds = 0.0
     for seed in cfg.seeds:
         for round_name, train, valid, test in evaluation_rounds(task, data):
             result = run_probe(protocol, cfg, task, train, valid, test, seed)
             seconds += result.seconds
             per_round.setdefault(round_name, []).append(result.metrics[metric])
+            if hear_names:
+                hear_per_round.setdefault(round_name, []).append(hear_scene_scores(test.y, result.scores,
+                                                                                   hear_names))
             _save_predictions(result_dir, spec, f"{round_name}_seed{seed}", test.clip_ids, test.y, result.scores,
                               test.mask)
     values = _summary_values(spec, per_round)
@@ -466,8 +520,88 @@ def _run_protocol(cfg, out_dir, embedder, task, data, protocol, params_m, gmacs,
     if protocol == "mlp":
         config["precision"] = cfg.probe_precision
     row = _result_row(cfg, embedder, spec, protocol, values, per_round, params_m, gmacs, weights, seconds, config)
+    if hear_names:
+        # as the main metric: mean over seeds per round, then over rounds; nan/inf stay what they are
+        row["hear_scores"] = {n: float(np.mean([np.mean([r[n] for r in runs]) for runs in hear_per_round.values()]))
+                              for n in hear_names}
     atomic_write_text(result_dir / f"{_file_stem(spec)}.json", json.dumps(row, indent=2))
     return row
+
+
+def _hear_score_names(task: Task) -> list[str]:
+    """HEAR scene scores to report for a HEAR scene task: those its metadata's ``evaluation`` lists."""
+    meta = getattr(task, "metadata", None)
+    if meta is None or getattr(task.spec, "embedding_type", "scene") != "scene":
+        return []
+    listed = meta.get("evaluation") or list(HEAR_SCENE_SCORES)
+    return [n for n in listed if n in HEAR_SCENE_SCORES]
+
+
+def _run_event_task(cfg, out_dir, embedder, task, name, progress, extraction, clip_counts, skipped, params_m,
+                    gmacs, weights) -> list[dict[str, Any]]:
+    """A HEAR event task under the ``mlp`` protocol (:mod:`.events`): timestamp embeddings from their cache, the
+    MLP on frames with the post-processing grid, one row per score of the task's ``evaluation`` list (the first is
+    the selection metric), and the predicted test events of every round and seed as
+    ``results/<model>/mlp/<task>/<round>_seed<seed>.events.json``."""
+    from .events import FrameSplit, concat_frames, event_probe_config, fit_event_rounds, postprocessing_grid, \
+        write_events
+    from .timestamp_cache import TimestampCache
+
+    spec = task.spec
+    cache = TimestampCache(Path(cfg.cache_dir))
+    frames = {}
+    for split in spec.splits:
+        clips = task.clips(split)
+        bar = _progress(progress, f"embed {embedder.name}/{name}/{split} (timestamps)", len(clips))
+        emb = cache.get(embedder, task, split, progress=bar)
+        extraction.record(emb)
+        if not emb.clip_ids:
+            first = next(iter(emb.skipped.items()), ("", "no clips listed"))
+            raise ValueError(f"{name} split {split!r}: no readable clip ({len(emb.skipped)} skipped; first: "
+                             f"{first[0]}: {first[1]})")
+        by_id = {c.clip_id: c.file_name for c in clips}
+        frames[split] = FrameSplit.build(emb.x, emb.timestamps, emb.offsets, [by_id[i] for i in emb.clip_ids],
+                                         task.reference_events(split), spec.labels)
+        clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
+        if emb.skipped:
+            skipped.setdefault(name, {}).update(emb.skipped)
+    if spec.protocol == "folds":
+        rounds = [(test, concat_frames([frames[s] for s in train]), frames[valid], frames[test])
+                  for train, valid, test in fold_splits(spec.splits)]
+    else:
+        rounds = [(spec.splits[-1], frames[spec.splits[0]], frames[spec.splits[1]], frames[spec.splits[-1]])]
+    probe_cfg = event_probe_config(mlp_config(cfg), task.task_name, task.metadata)
+    grid = postprocessing_grid(task.metadata)
+    use_scoring = bool(task.metadata.get("use_scoring_for_early_stopping", True))
+    result_dir = out_dir / "results" / embedder.name / "mlp"
+    per_metric: dict[str, dict[str, list[float]]] = {m: {} for m in task.evaluation}
+    runs: dict[str, dict[str, Any]] = {}
+    seconds = 0.0
+    for seed in cfg.seeds:
+        results = fit_event_rounds([r[1:] for r in rounds], labels=spec.labels, evaluation=task.evaluation,
+                                   cfg=probe_cfg, seed=seed, grid=grid, use_scoring=use_scoring)
+        for (round_name, *_), result in zip(rounds, results):
+            seconds += result.seconds
+            for metric in task.evaluation:
+                per_metric[metric].setdefault(round_name, []).append(result.metrics[metric])
+            run = f"{round_name}_seed{seed}"
+            write_events(result_dir / _file_stem(spec) / f"{run}.events.json", result.predicted)
+            runs[run] = {"split": round_name, "postprocessing": result.postprocessing, "selected": result.selected,
+                         "scores": result.metrics}
+    config = {"probe_preset": cfg.mlp_preset, "precision": cfg.probe_precision, "protocol": "hear_event",
+              "selection_metric": task.evaluation[0], "postprocessing_grid": {k: list(v) for k, v in grid.items()},
+              "check_val_every_n_epoch": probe_cfg.check_val_every_n_epoch, "max_epochs": probe_cfg.max_epochs,
+              "select_on": "validation score" if use_scoring else "validation loss"}
+    rows = []
+    for metric in task.evaluation:
+        row = _result_row(cfg, embedder, spec, "mlp", _summary_values(spec, per_metric[metric]), per_metric[metric],
+                          params_m, gmacs, weights, seconds, config)
+        row["metric"] = metric
+        row["runs"] = runs
+        stem = _file_stem(spec) if metric == task.evaluation[0] else f"{_file_stem(spec)}.{metric}"
+        atomic_write_text(result_dir / f"{stem}.json", json.dumps(row, indent=2))
+        rows.append(row)
+    return rows
 
 
 def _file_stem(spec) -> str:
@@ -513,7 +647,77 @@ def _check_data(cfg: SuiteConfig) -> None:
     unused = sorted(set(cfg.data) - set(cfg.tasks))
     if unused:
         raise ValueError(f"--data given for {', '.join(unused)}, which is not among the tasks to run "
-                         f"({', '.join(cfg.tasks)}); task names: esc50, fsd50k, openmic, hear")
+                         f"({', '.join(cfg.tasks)}); task names: esc50, esc10, fsd50k, openmic, hear")
+
+
+TASK_METADATA = "task_metadata.json"  # marks a hear-preprocess task folder
+
+
+def find_hear_task_folders(root: Path, max_depth: int = 3) -> list[Path]:
+    """``root`` itself when it is a HEAR task folder, else every task folder below it (down to ``max_depth``
+    levels, as the HEAR release unpacks: ``tasks/<task>-<version>-<mode>/``), sorted; scene and event alike."""
+    root = Path(root)
+    if (root / TASK_METADATA).is_file():
+        return [root]
+    found: list[Path] = []
+    level = [root] if root.is_dir() else []
+    for _ in range(max_depth):
+        below = sorted(p for d in level for p in d.iterdir() if p.is_dir() and not p.name.isdigit())
+        found += [p for p in below if (p / TASK_METADATA).is_file()]
+        level = [p for p in below if not (p / TASK_METADATA).is_file()]
+    return sorted(found)
+
+
+def _load_tasks(names, data_roots: dict[str, str]) -> dict[str, Task]:
+    """Build the tasks to run; ``hear`` expands to every task folder under its root, keyed by task name (and
+    ``data_roots`` is updated to each task's own folder)."""
+    tasks: dict[str, Task] = {}
+    for name in names:
+        root = Path(data_roots[name])
+        if name != "hear" or (root / TASK_METADATA).is_file():
+            tasks[name] = get_task(name, root)
+            continue
+        folders = find_hear_task_folders(root)
+        if not folders:
+            raise ValueError(f"--data hear={root}: no HEAR task folder found (a folder with {TASK_METADATA}, or "
+                             "folders of them as the HEAR release unpacks)")
+        del data_roots[name]
+        for folder in folders:
+            task = get_task("hear", folder)
+            key = task.spec.name
+            if key in tasks:
+                raise ValueError(f"--data hear={root}: {data_roots[key]} and {folder} are both task {key!r} "
+                                 "(e.g. two modes of one task); point --data hear= at one of them")
+            tasks[key] = task
+            data_roots[key] = str(folder)
+        logger.info("--data hear=%s: %d task folder(s): %s", root, len(folders), ", ".join(tasks))
+    return tasks
+
+
+def _check_event_tasks(tasks: dict[str, Task], probes: list[str]) -> None:
+    """HEAR event tasks run under the ``mlp`` protocol only (HEAR's: timestamp embeddings, the MLP on frames,
+    sed_eval scores); without it they would run under nothing."""
+    events = [name for name, task in tasks.items() if _is_event(task)]
+    if not events or "mlp" in probes:
+        return
+    if len(events) == len(tasks):
+        raise ValueError(f"event tasks ({', '.join(events)}) run under the mlp protocol only (HEAR's event "
+                         f"protocol); --protocols {' '.join(probes)} would run nothing: add mlp")
+    logger.warning("event tasks %s run under the mlp protocol only; not run with --protocols %s",
+                   ", ".join(events), " ".join(probes))
+
+
+def _is_event(task: Task) -> bool:
+    return getattr(task.spec, "embedding_type", "scene") == "event"
+
+
+def _check_hear_options(cfg: SuiteConfig) -> None:
+    """Options for a HEAR module that is not among the models are a typo, never silently ignored."""
+    modules = {parse_spec(m)[0] for m in cfg.models if is_hear_spec(m)}
+    unused = sorted(set(cfg.hear_options) - modules)
+    if unused:
+        raise ValueError(f"--hear-options given for {', '.join(unused)}, which is not among the models "
+                         f"(HEAR modules run: {', '.join(sorted(modules)) or 'none'}; give it as --models hear:MODULE)")
 
 
 def _check_protocols(cfg: SuiteConfig) -> None:
@@ -581,14 +785,17 @@ def _run_finetune(cfg: SuiteConfig, ctx: DistContext, out_dir: Path, embedder: H
     seconds = 0.0
     processes: set[int] = set()  # as trained: a later plain run may only read finished DDP runs
     seeds = cfg.finetune_seeds or cfg.seeds
+    store = audio_store_for(cfg)
     for seed in seeds:
         for round_name, data in finetune_rounds(task):
             run = f"{round_name}_seed{seed}"
-            workdir = (Path(cfg.cache_dir) / "finetune" / key / _file_stem(spec)
-                       / f"v{TRAINING_VERSION}" / run)
+            # runs on exact audio (no store, or a float32 one) and on the 16-bit store differ: separate folders
+            folder = run if store is not None and not store.lossless else f"{run}-exact"
+            workdir = Path(cfg.cache_dir) / "finetune" / key / _file_stem(spec) / f"v{TRAINING_VERSION}" / folder
             identity = {"embedder": key, "task": spec.name, "task_version": spec.version, "round": round_name}
             on_epoch = _epoch_progress(f"finetune {embedder.name}/{spec.name}/{run}", recipe.epochs, progress)
-            result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch)
+            result = run_finetune(network, spec, data, recipe, seed, workdir, ctx, identity, on_epoch,
+                                  loader=LoaderOptions(workers=cfg.loader_workers), store=store, progress=progress)
             processes.add(result.processes)
             seconds += result.seconds
             skipped.update(result.skipped)
@@ -631,6 +838,38 @@ def _epoch_progress(label: str, epochs: int, bar_enabled: bool):
             bar["bar"].close()
 
     return update
+
+
+REPORTED_HEAR = Path(__file__).with_name("reported_hear.json")  # HEAR 2021 leaderboard numbers with their source
+
+
+def reported_hear_rows(tasks: dict[str, Task], path: Path = REPORTED_HEAR) -> list[dict[str, Any]]:
+    """Rows of the public HEAR 2021 leaderboard for the tasks run, marked ``reported`` with their source.
+
+    A HEAR task folder matches a leaderboard task by its metadata's ``task_name`` and ``mode``; ``esc50`` and
+    ``fsd50k`` in their official layouts match the HEAR versions of the same datasets (same folds and splits),
+    unless the task notes that it is a subset (``spec.notes``).
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    citation = f"{data['source']}: {data['url']}. {data['protocol_note']}"
+    rows = []
+    for key, task in tasks.items():
+        meta = getattr(task, "metadata", None)
+        matches = [k for k, t in data["tasks"].items()
+                   if (meta is not None and t["task_name"] == meta.get("task_name")
+                       and t["mode"] == meta.get("mode", t["mode"]))
+                   or (meta is None and key in t["aliases"] and not getattr(task.spec, "notes", ()))]
+        if len(matches) != 1:  # unknown task, or a folder without a mode that fits several (5h and 50h)
+            continue
+        for model in data["models"]:
+            if matches[0] not in model["scores"]:
+                continue
+            rows.append({"model": model["model"], "weights": "HEAR 2021 submission", "weights_sha256": None,
+                         "protocol": "mlp", "task": task.spec.name, "task_version": None,
+                         "metric": task.spec.main_metric, "mean": model["scores"][matches[0]], "std": None,
+                         "n": None, "per_split": {}, "params_m": None, "gmacs": None, "seconds": None,
+                         "source": "reported", "citation": citation})
+    return rows
 
 
 def _reported_rows(cfg: SuiteConfig) -> list[dict[str, Any]]:

@@ -27,6 +27,12 @@ Default sizes (``clips_per_class`` x ``num_classes``; every split contains every
   writes a k-fold task and as hear-eval-kit's runners read it: 5 classes x 30 = 150 clips of 2 s, split mode
   ``new_split_kfold`` with 5 folds (6 clips per class in each), ``splits`` and ``nfolds`` in the metadata, audio
   only in a ``32000`` folder (the rate of the models here; hear-eval-kit reads ``<model sample rate>/<split>``).
+* ``hear_events``: event task ``mini_events`` (``hear:mini_events``) as ``hear-preprocess`` writes a HEAR event
+  task: 3 classes x 8 = 24 files of 4 s at 48 kHz only (the public release's rate), split mode ``trainvaltest``
+  (12 / 6 / 6 files), ``embedding_type: "event"``, multilabel, ``evaluation`` ``event_onset_200ms_fms`` and
+  ``segment_1s_er``. Each file holds two events of its primary class and one of another class (0.3-0.9 s each,
+  20 ms fades, events of one class never overlap) in pink noise; the split files list every event as
+  ``{"label", "start", "end"}`` in whole ms, the exact times the sounds were placed at.
 
 ``corrupt=True`` additionally replaces one listed audio file per dataset with garbage bytes (ESC-50:
 first clip of fold 1; FSD50K: first dev-train clip; OpenMIC: first ``split01_test`` clip; HEAR: first
@@ -63,21 +69,26 @@ import soundfile as sf
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MiniatureKind", "KINDS", "DEFAULT_SIZES", "MARKER_NAME", "HEAR_TASK_NAME", "HEAR_KFOLD_TASK_NAME", "Timbre",
-    "class_timbre",
+    "MiniatureKind", "KINDS", "DEFAULT_SIZES", "MARKER_NAME", "HEAR_TASK_NAME", "HEAR_KFOLD_TASK_NAME",
+    "HEAR_EVENTS_TASK_NAME", "Timbre",
+    "class_timbre", "render_clip",
     "write_miniature", "write_all_miniatures", "main",
 ]
 
-MiniatureKind = Literal["esc50", "fsd50k", "openmic", "hear", "hear_kfold"]
+MiniatureKind = Literal["esc50", "fsd50k", "openmic", "hear", "hear_kfold", "hear_events"]
 KINDS: tuple[MiniatureKind, ...] = get_args(MiniatureKind)
 #: Default ``(num_classes, clips_per_class)`` per kind.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {
     "esc50": (5, 10), "fsd50k": (6, 10), "openmic": (6, 10), "hear": (5, 12), "hear_kfold": (5, 30),
+    "hear_events": (3, 8),
 }
-_MIN_CLIPS_PER_CLASS = {"esc50": 5, "fsd50k": 3, "openmic": 2, "hear": 3, "hear_kfold": 5}
+_MIN_CLIPS_PER_CLASS = {"esc50": 5, "fsd50k": 3, "openmic": 2, "hear": 3, "hear_kfold": 5, "hear_events": 3}
 MARKER_NAME = ".miniature.json"
 HEAR_TASK_NAME = "mini_scene"
 HEAR_KFOLD_TASK_NAME = "mini_scene_kfold"
+HEAR_EVENTS_TASK_NAME = "mini_events"
+_HEAR_EVENTS_RATE = 48000
+_HEAR_EVENTS_SECONDS = 4.0
 _HEAR_KFOLD_FOLDS = 5
 _HEAR_KFOLD_RATE = 32000
 _FORMAT_VERSION = 1
@@ -241,6 +252,13 @@ def _render_clip(classes: Sequence[int], levels_db: Sequence[float], seconds: fl
         audio = mix[:, None]
     peak = 10.0 ** (float(rng.uniform(-20.0, -3.0)) / 20.0)
     return (audio * (peak / max(float(np.abs(audio).max()), 1e-8))).astype(np.float32)
+
+
+def render_clip(classes: Sequence[int], seconds: float, sample_rate: int, seed: int, channels: int = 1) -> np.ndarray:
+    """One synthetic clip mixing the timbres of ``classes`` at equal level over pink noise, as the miniatures make
+    them: ``float32`` of shape ``(frames, channels)``, peak below 1; the same arguments give the same samples."""
+    rng = np.random.default_rng([seed, *classes, int(round(seconds * 1000)), sample_rate, channels])
+    return _render_clip(list(classes), [0.0] * len(classes), seconds, sample_rate, channels, rng)
 
 
 def _multiclass_mixture(k: int, num_classes: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
@@ -456,6 +474,69 @@ def _write_hear(root: Path, seed: int, num_classes: int, cpc: int, corrupt: bool
     return [f"{rate}/train/{first}" for rate in _HEAR_RATES]
 
 
+def _place_events(num_classes: int, primary: int, seconds: float, rng: np.random.Generator
+                  ) -> list[tuple[int, int, int]]:
+    """``(class, start ms, end ms)``: two events of ``primary`` and one of another class, same-class events apart."""
+    other = int((primary + rng.integers(1, num_classes)) % num_classes)
+    placed: list[tuple[int, int, int]] = []
+    for k in (primary, primary, other):
+        for _ in range(100):
+            length = int(rng.integers(300, 901))
+            start = int(rng.integers(100, int(seconds * 1000) - length - 100))
+            if all(c != k or start > e + 100 or start + length < s - 100 for c, s, e in placed):
+                placed.append((k, start, start + length))
+                break
+    return sorted(placed, key=lambda e: (e[1], e[0]))
+
+
+def _write_hear_events(root: Path, seed: int, num_classes: int, cpc: int, corrupt: bool) -> list[str]:
+    rng = np.random.default_rng([seed, 55])
+    labels = [f"synth_{k:02d}" for k in range(num_classes)]
+    _write_json(root / "task_metadata.json", {
+        "task_name": HEAR_EVENTS_TASK_NAME,
+        "version": "v1.0.0-mini",
+        "embedding_type": "event",
+        "prediction_type": "multilabel",
+        "split_mode": "trainvaltest",
+        "splits": ["train", "valid", "test"],
+        "sample_duration": _HEAR_EVENTS_SECONDS,
+        "evaluation": ["event_onset_200ms_fms", "segment_1s_er"],
+        "default_mode": "mini",
+        "mode": "mini",
+    })
+    _write_csv(root / "labelvocabulary.csv", list(enumerate(labels)), ("idx", "label"))
+    sizes = _round_splits(cpc, (0.25, 0.25))
+    splits = ("train", "valid", "test")
+    entries: dict[str, dict[str, list[dict[str, object]]]] = {s: {} for s in splits}
+    sr, n = _HEAR_EVENTS_RATE, int(_HEAR_EVENTS_SECONDS * _HEAR_EVENTS_RATE)
+    for j, clip_rng in enumerate(_clip_rngs(seed, "hear_events", num_classes * cpc)):
+        k, r = j % num_classes, j // num_classes
+        split = splits[_split_of_round(r, sizes)]
+        fname = hashlib.sha1(f"events-{seed}-{j}".encode()).hexdigest()[:16] + ".wav"
+        events = _place_events(num_classes, k, _HEAR_EVENTS_SECONDS, clip_rng)
+        mix = np.zeros(n)
+        for c, start, end in events:
+            a, b = start * sr // 1000, end * sr // 1000
+            fade = int(0.02 * sr)
+            env = np.ones(b - a)
+            env[:fade] = np.linspace(0.0, 1.0, fade, endpoint=False)
+            env[-fade:] = np.linspace(1.0, 0.0, fade, endpoint=False)
+            level = 10.0 ** (float(clip_rng.uniform(-3.0, 3.0)) / 20.0)
+            mix[a:b] += _render_source(class_timbre(c), b - a, sr, clip_rng) * env * level
+        mix += _shaped_noise(n, sr, clip_rng) * 10.0 ** (-float(clip_rng.uniform(12.0, 20.0)) / 20.0)
+        peak = 10.0 ** (float(clip_rng.uniform(-12.0, -3.0)) / 20.0)
+        audio = (mix * (peak / max(float(np.abs(mix).max()), 1e-8))).astype(np.float32)
+        _write_wav(root / str(sr) / split / fname, audio[:, None], sr)
+        entries[split][fname] = [{"label": labels[c], "start": float(s), "end": float(e)} for c, s, e in events]
+    for split in splits:
+        _write_json(root / f"{split}.json", entries[split])
+    if not corrupt:
+        return []
+    first = min(entries["train"])
+    _corrupt(root / str(sr) / "train" / first, rng)
+    return [f"{sr}/train/{first}"]
+
+
 def _write_hear_kfold(root: Path, seed: int, num_classes: int, cpc: int, corrupt: bool) -> list[str]:
     rng = np.random.default_rng([seed, 54])
     labels = [f"synth_{k:02d}" for k in range(num_classes)]
@@ -494,8 +575,10 @@ def _write_hear_kfold(root: Path, seed: int, num_classes: int, cpc: int, corrupt
 
 _WRITERS = {
     "esc50": _write_esc50, "fsd50k": _write_fsd50k, "openmic": _write_openmic, "hear": _write_hear,
-    "hear_kfold": _write_hear_kfold,
+    "hear_kfold": _write_hear_kfold, "hear_events": _write_hear_events,
 }
+# tasks that read another kind's files: the esc10 task is the esc10 == True rows of an ESC-50 root
+_SAME_FILES_AS = {"esc10": "esc50"}
 
 
 def _marker_matches(marker: Path, params: dict[str, object]) -> bool:
@@ -512,7 +595,8 @@ def write_miniature(kind: MiniatureKind, root: str | os.PathLike[str], seed: int
     """Write a miniature dataset of ``kind`` in its official layout at ``root`` (the dataset root).
 
     Args:
-        kind: ``"esc50"``, ``"fsd50k"``, ``"openmic"``, ``"hear"`` or ``"hear_kfold"`` (HEAR scene task folders).
+        kind: ``"esc50"``, ``"fsd50k"``, ``"openmic"``, ``"hear"`` or ``"hear_kfold"`` (HEAR scene task folders);
+            ``"esc10"`` writes the ESC-50 miniature, whose ``esc10`` column marks the even-numbered classes.
         root: Dataset root to create; its parent is created if needed.
         seed: Seed of all random draws (class timbres do not depend on it).
         clips_per_class: Clips per (primary) class; defaults in :data:`DEFAULT_SIZES` (minimum 5 for
@@ -528,6 +612,7 @@ def write_miniature(kind: MiniatureKind, root: str | os.PathLike[str], seed: int
         ValueError: Unknown ``kind`` or sizes out of range.
         FileExistsError: ``root`` exists, is not empty and was not written by this function.
     """
+    kind = _SAME_FILES_AS.get(kind, kind)  # type: ignore[assignment]
     if kind not in _WRITERS:
         raise ValueError(f"unknown miniature kind {kind!r}; expected one of {KINDS}")
     default_classes, default_cpc = DEFAULT_SIZES[kind]
