@@ -3,6 +3,19 @@
 Waveform ``(batch, samples)`` at 32 kHz -> pre-emphasis -> |STFT|^2 (n_fft 1024, hop 320, symmetric Hann 800,
 centred, reflect padding) -> Kaldi mel bank (128 bands, 0-15 kHz) -> ``log(x + 1e-5)`` -> ``(x + 4.5) / 5``.
 Deterministic: the training-time fmin/fmax jitter and masking live with fine-tuning.
+
+The implementation is written for speed on CPU while keeping the float32 roundings of the textbook computation
+(a one-channel ``conv1d`` pre-emphasis, ``view_as_real(stft).pow(2).sum(-1)``, one mel matmul per batch), bit for
+bit clip by clip (``tests/test_frontend.py`` checks ``torch.equal``):
+
+* pre-emphasis as ``x[:-1] * k0 + x[1:]`` instead of the convolution (which oneDNN runs slowly for a 2-tap,
+  1-channel filter): the same two roundings, since the second tap is exactly 1;
+* ``|STFT|^2`` as ``re^2 + im^2`` (a reduction over a dimension of 2 is slow): the same sum in the same order, copied
+  to the contiguous (frequency-major) layout that the reduction returns, so that the mel projection is the same
+  BLAS call on the same operands (a BLAS may sum a transposed operand in another order; MKL's reproducibility mode
+  ``MKL_CBWR=COMPATIBLE`` does, with last-bit differences);
+* one clip at a time on CPU: per-clip temporaries stay below the allocator's mmap threshold, so they are not returned
+  to the OS and page-faulted in again on every call. A batch is then exactly the concatenation of its clips.
 """
 from __future__ import annotations
 
@@ -79,13 +92,15 @@ class MelFrontend(nn.Module):
         self.register_buffer("mel_bank", kaldi_mel_bank(c, dtype=dtype), persistent=False)
 
     def power_spectrogram(self, waveform: Tensor) -> Tensor:
-        """Pre-emphasised power spectrogram ``(batch, n_fft // 2 + 1, frames)``."""
+        """Pre-emphasised power spectrogram ``(batch, n_fft // 2 + 1, frames)``, contiguous."""
         c = self.cfg
-        x = F.conv1d(waveform.unsqueeze(1), self.preemphasis_kernel).squeeze(1)
+        # The kernel is (-preemphasis, 1): the product with the unit tap is exact, so this rounds like a conv1d.
+        x = torch.mul(waveform[:, :-1], self.preemphasis_kernel[0, 0, 0]).add_(waveform[:, 1:])
         spec = torch.stft(x, c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=self.window,
                           center=True, pad_mode="reflect", normalized=False, return_complex=True)
-        spec = torch.view_as_real(spec)
-        return spec.pow(2).sum(-1)
+        parts = torch.view_as_real(spec)
+        # contiguous: the layout a pow(2).sum(-1) reduction returns, so that the mel matmul rounds the same
+        return parts[..., 0].square().add_(parts[..., 1].square()).contiguous()
 
     def forward(self, waveform: Tensor, mel_bank: Tensor | None = None) -> Tensor:
         if waveform.dim() != 2:
@@ -93,6 +108,11 @@ class MelFrontend(nn.Module):
         if waveform.shape[-1] < self.cfg.min_samples:
             raise ValueError(f"waveform has {waveform.shape[-1]} samples; the frontend needs at least "
                              f"{self.cfg.min_samples}")
+        if waveform.shape[0] > 1 and waveform.device.type == "cpu":
+            return torch.cat([self._log_mel(clip[None], mel_bank) for clip in waveform])
+        return self._log_mel(waveform, mel_bank)
+
+    def _log_mel(self, waveform: Tensor, mel_bank: Tensor | None) -> Tensor:
         c = self.cfg
         power = self.power_spectrogram(waveform)
         bank = self.mel_bank if mel_bank is None else mel_bank

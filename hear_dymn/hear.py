@@ -20,8 +20,8 @@ window: no forward per timestamp.
 
 Fast path (``fast=True``, the default): the network runs as an eval-only fused copy
 (:func:`hear_dymn.models.fast.fuse_for_inference`: BatchNorm folded, in-place DyReLU and attention, small chunks of
-the batch on CPU) and the log-mel through :class:`hear_dymn.fast_frontend.FastMelFrontend`
-(bit-identical). Outputs match ``fast=False`` to float32 rounding (about 1e-6 relative on the reference fixtures);
+the batch on CPU); the log-mel (:class:`hear_dymn.frontend.MelFrontend`) is the same on both paths. Outputs match
+``fast=False`` to float32 rounding (about 1e-6 relative on the reference fixtures);
 ``reports/performance.md`` has the measured speed.
 """
 from __future__ import annotations
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_frontend import FastMelFrontend
 from .frontend import MelConfig, MelFrontend
 from .models import AudioMobileNet, NUM_FEATURE_MAPS, create_model, list_models
 from .models.fast import fuse_for_inference
-from .models.weights import PRETRAINED, get_pretrained_cfg, infer_architecture, read_state_dict
+from .models.registry import infer_architecture
+from .models.weights import PRETRAINED, get_pretrained_cfg, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class HearModel(nn.Module):
         if self.fused is not None:
             # new weights loaded into the network (directly or through this model) are fused again
             network.register_load_state_dict_post_hook(self._refuse_after_load)
-        self.frontend = FastMelFrontend(mel) if self.cfg.fast else MelFrontend(mel)
+        self.frontend = MelFrontend(mel)
         self.sample_rate: int = self.frontend.cfg.sample_rate
         self._check_windows()
         info = network.feature_info

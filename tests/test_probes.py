@@ -8,6 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from sklearn.linear_model import LogisticRegression
+
+from hear_dymn.bench.metrics import get_metric
+from hear_dymn.bench.probes import linear  # the linear probe's internals (its coefficients)
 from hear_dymn.bench.probes import mlp as probes  # the MLP probe's internals
 from hear_dymn.bench.probes import (
     LINEAR_PRESETS,
@@ -137,6 +141,190 @@ def test_linear_selects_larger_c_on_easy_data():
     assert easy.selected["C"] >= 1.0
     assert hard.selected["C"] <= 0.1
     assert cfg.with_selected(easy.selected).c_grid == (easy.selected["C"],)
+
+
+# Scikit-learn as the reference: the joint torch fit in float64 against one LogisticRegression per class (multilabel)
+# or one multinomial LogisticRegression, both converged to a gradient max-norm of 1e-8 (the default is 1e-4; much
+# below 1e-8 both solvers stall on float64 round-off of the objective). Measured: coefficients and intercepts within
+# 5.3e-7 of the largest weight, test scores within 1.3e-6.
+TIGHT = dict(tol=1e-8, max_iter=10_000)
+AGREE = 2e-6  # coefficients, relative to the largest weight
+
+
+def _noisy_multilabel(n: int, d: int = 12, c: int = 5, seed: int = 0, masked: bool = False):
+    """Labels from noisy linear scores (not separable: every C has a finite, well-conditioned optimum), feature
+    scales and offsets that standardisation must undo, and class priors from 10 % to 50 %."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3 * n, d)) * rng.uniform(0.1, 10.0, size=d) + rng.normal(size=d) * 5
+    scores = ((x - x.mean(axis=0)) / x.std(axis=0)) @ rng.normal(size=(d, c)) + rng.normal(size=(3 * n, c)) * 1.5
+    thresholds = [np.quantile(scores[:, k], q) for k, q in enumerate(np.linspace(0.9, 0.5, c))]
+    y = (scores > np.array(thresholds)).astype(np.float32)
+    mask = (rng.random(y.shape) < 0.7).astype(np.float32) if masked else None
+    return _splits(ProbeData(x.astype(np.float32), y, mask), n)
+
+
+def _standardised(train: ProbeData, *splits: ProbeData) -> list[np.ndarray]:
+    """The probe's features: standardised with training statistics (float64), rounded to float32."""
+    x = train.x.astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return [((s.x.astype(np.float64) - mean) / std).astype(np.float32).astype(np.float64) for s in (train, *splits)]
+
+
+def _sklearn_per_class(x: np.ndarray, data: ProbeData, c: float, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """One binary LogisticRegression per class, on the clips annotated for it: ``(C, d)`` weights, ``(C,)``
+    intercepts."""
+    weights, bias = [], []
+    for k in range(data.y.shape[1]):
+        rows = np.arange(len(data)) if data.mask is None else np.flatnonzero(data.mask[:, k])
+        clf = LogisticRegression(C=c, **kwargs).fit(x[rows], data.y[rows, k])
+        weights.append(clf.coef_[0])
+        bias.append(clf.intercept_[0])
+    return np.array(weights), np.array(bias)
+
+
+def _torch_path(x: np.ndarray, data: ProbeData, cs, *, multilabel: bool, **cfg):
+    n_classes = data.y.shape[1] if multilabel else int(data.y.max()) + 1
+    return linear._fit_linear_path(x, data, multilabel=multilabel, n_classes=n_classes, cs=cs,
+                                   cfg=LinearProbeConfig(**cfg), device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_joint_fit_equals_sklearn_per_class(masked: bool):
+    train, valid, test = _noisy_multilabel(200, seed=3, masked=masked)
+    x_train, x_test = _standardised(train, test)
+    cs = (0.01, 1.0, 100.0)
+    weights, bias, _ = _torch_path(x_train, train, cs, multilabel=True, precision="float64", **TIGHT)
+    average_precision = get_metric("masked_map" if masked else "map")
+    for i, c in enumerate(cs):
+        ref_w, ref_b = _sklearn_per_class(x_train, train, c, **TIGHT)
+        scale = max(np.abs(ref_w).max(), 1.0)
+        assert np.abs(weights[i] - ref_w).max() < AGREE * scale, c
+        assert np.abs(bias[i] - ref_b).max() < AGREE * scale, c
+        # the whole probe at this C: the same test scores and test AP as scikit-learn's model
+        result = fit_linear_probe(train, valid, test, multilabel=True, metric="map",
+                                  cfg=LinearProbeConfig(c_grid=(c,), precision="float64", **TIGHT))
+        ref_scores = 1.0 / (1.0 + np.exp(-(x_test @ ref_w.T + ref_b)))
+        np.testing.assert_allclose(result.scores, ref_scores, rtol=0, atol=5e-6)
+        ours = average_precision(test.y, result.scores, test.mask)
+        theirs = average_precision(test.y, ref_scores, test.mask)
+        assert abs(ours - theirs) < 1e-9 and 0.6 < theirs < 1.0
+
+
+def test_joint_multinomial_fit_equals_sklearn():
+    train, valid, test = _multiclass(150, d=10, k=4, sep=0.8, label_noise=0.2, seed=5)
+    x_train, x_test = _standardised(train, test)
+    cs = (0.01, 1.0, 100.0)
+    weights, bias, _ = _torch_path(x_train, train, cs, multilabel=False, precision="float64", **TIGHT)
+    for i, c in enumerate(cs):
+        clf = LogisticRegression(C=c, **TIGHT).fit(x_train, train.y)
+        scale = max(np.abs(clf.coef_).max(), 1.0)
+        assert np.abs(weights[i] - clf.coef_).max() < AGREE * scale, c
+        assert np.abs(bias[i] - clf.intercept_).max() < AGREE * scale, c
+        result = fit_linear_probe(train, valid, test, multilabel=False, metric="accuracy",
+                                  cfg=LinearProbeConfig(c_grid=(c,), precision="float64", **TIGHT))
+        ref = clf.predict_proba(x_test)
+        np.testing.assert_allclose(result.scores, ref, rtol=0, atol=5e-6)
+        assert result.metrics["accuracy"] == np.mean(ref.argmax(axis=1) == test.y)
+        log_loss = linear._log_loss(test.y, result.scores, None, False)
+        assert abs(log_loss - linear._log_loss(test.y, ref, None, False)) < 1e-6
+
+
+def test_two_class_task_is_one_binary_model_as_in_sklearn():
+    train, valid, test = _multiclass(100, d=6, k=2, sep=0.8, label_noise=0.2, seed=2)
+    x_train, _ = _standardised(train, test)
+    weights, bias, _ = _torch_path(x_train, train, (1.0,), multilabel=False, precision="float64", **TIGHT)
+    clf = LogisticRegression(C=1.0, **TIGHT).fit(x_train, train.y)
+    assert np.abs(weights[0, 1] - clf.coef_[0]).max() < AGREE and abs(bias[0, 1] - clf.intercept_[0]) < AGREE
+    assert not weights[0, 0].any() and bias[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("multilabel", [True, False], ids=["multilabel", "multiclass"])
+def test_warm_start_along_the_path_reaches_the_cold_optimum(multilabel: bool):
+    if multilabel:
+        train, _, _ = _noisy_multilabel(200, seed=4, masked=True)
+    else:
+        train, _, _ = _multiclass(150, d=10, k=4, sep=0.8, label_noise=0.2, seed=6)
+    x_train, = _standardised(train)
+    cs = (1e-3, 1e-2, 0.1, 1.0, 10.0)
+    warm_w, warm_b, warm_iterations = _torch_path(x_train, train, cs, multilabel=multilabel, precision="float64",
+                                                  **TIGHT)
+    cold_iterations = 0
+    for i, c in enumerate(cs):
+        cold_w, cold_b, iterations = _torch_path(x_train, train, (c,), multilabel=multilabel, precision="float64",
+                                                 **TIGHT)
+        cold_iterations += iterations[0]
+        scale = max(np.abs(cold_w).max(), 1.0)
+        assert np.abs(warm_w[i] - cold_w[0]).max() < AGREE * scale
+        assert np.abs(warm_b[i] - cold_b[0]).max() < AGREE * scale
+    assert sum(warm_iterations) < cold_iterations  # the point of warm starts
+
+
+def _correlated_multilabel(seed: int, n: int = 160, d: int = 80, c: int = 6):
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) * (0.8 ** np.arange(d))[:, None]
+    x = rng.normal(size=(3 * n, d)) @ mixing + rng.normal(size=(3 * n, d)) * 0.3
+    xs = (x - x.mean(axis=0)) / x.std(axis=0)
+    y = (xs @ rng.normal(size=(d, c)) * 0.5 + rng.normal(size=(3 * n, c)) > 1.0).astype(np.float32)
+    return _splits(ProbeData(x.astype(np.float32), y), n)
+
+
+SELECTION_SEED = 2
+
+
+def test_c_selection_matches_a_per_class_sklearn_sweep():
+    """Correlated features, few clips: validation mAP peaks at C=1, more than 0.01 above every other C of the grid.
+    The default probe (float32 products, scikit-learn's default tolerance) picks the C that a sweep of converged
+    per-class scikit-learn fits picks, and its validation curve is scikit-learn's."""
+    train, valid, test = _correlated_multilabel(SELECTION_SEED)
+    cfg = LinearProbeConfig()
+    result = fit_linear_probe(train, valid, test, multilabel=True, metric="map", cfg=cfg)
+    x_train, x_valid = _standardised(train, valid)
+    average_precision = get_metric("map")
+    sweep = []
+    for c_value in cfg.c_grid:
+        w, b = _sklearn_per_class(x_train, train, c_value, max_iter=cfg.max_iter)  # lbfgs, tol 1e-4
+        sweep.append(average_precision(valid.y, 1.0 / (1.0 + np.exp(-(x_valid @ w.T + b))), None))
+    best = int(np.argmax(sweep))
+    assert cfg.c_grid[best] == 1.0 and sweep[best] - sorted(sweep)[-2] > 0.01  # the case is clear
+    assert result.selected["C"] == 1.0
+    np.testing.assert_allclose([h["valid_metric"] for h in result.history], sweep, rtol=0, atol=1e-3)
+
+
+def test_linear_config_and_device_errors_are_named():
+    with pytest.raises(ValueError, match="unknown solver 'newton'"):
+        LinearProbeConfig(solver="newton")
+    with pytest.raises(ValueError, match="unknown precision"):
+        LinearProbeConfig(precision="float16")
+    with pytest.raises(ValueError, match="tol must be positive"):
+        LinearProbeConfig(tol=0.0)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        linear.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            linear.resolve_device("cuda")
+
+
+def test_suite_runs_the_linear_probe_on_its_device(monkeypatch):
+    from types import SimpleNamespace
+
+    from hear_dymn.bench import suite
+
+    seen = []
+    monkeypatch.setattr(suite, "fit_linear_probe", lambda *args, **kwargs: seen.append(kwargs))
+    cfg = suite.suite_config("quick", device="cuda:3", linear_preset="fast")
+    task = SimpleNamespace(spec=SimpleNamespace(multilabel=True, main_metric="map"))
+    suite.run_probe("linear", cfg, task, *_multilabel(10), seed=0)
+    assert seen[0]["device"] == "cuda:3" and seen[0]["cfg"] == LINEAR_PRESETS["fast"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_joint_fit_on_cuda_equals_cpu():
+    train, valid, test = _noisy_multilabel(200, seed=3, masked=True)
+    cfg = LinearProbeConfig(c_grid=(0.01, 1.0), precision="float64", **TIGHT)
+    cpu = fit_linear_probe(train, valid, test, multilabel=True, metric="masked_map", cfg=cfg)
+    gpu = fit_linear_probe(train, valid, test, multilabel=True, metric="masked_map", cfg=cfg, device="cuda")
+    np.testing.assert_allclose(gpu.scores, cpu.scores, rtol=0, atol=1e-6)
+    assert gpu.selected == cpu.selected
 
 
 # ------------------------------------------------------------------------------------------------ MLP
@@ -369,3 +557,21 @@ def test_patience_zero_stops_at_the_first_check_without_improvement():
 def test_mlp_config_rejects_values_that_train_nothing(field, value):
     with pytest.raises(ValueError, match=f"{field} must be"):
         MLPProbeConfig(**{field: value})
+
+
+def test_mlp_stops_a_model_at_a_non_finite_validation_score():
+    # Lightning's EarlyStopping (check_finite=True), as hear-eval-kit trains: a nan check ends training at once,
+    # and the model saved at the first check stays the selection.
+    from hear_dymn.bench.metrics import Metric
+    train, valid, test = _multiclass(60)
+    calls = []
+
+    def nan_from_third_check(targets, scores, mask=None):
+        calls.append(1)
+        return 0.5 if len(calls) < 3 else float("nan")
+
+    cfg = replace(QUICK, max_epochs=50, patience=100, check_val_every_n_epoch=1, grid_points=1)
+    result, _ = probes.fit_mlp_scored(train, valid, predict=[test], multilabel=False,
+                                      score_fn=Metric("always_half", nan_from_third_check), cfg=cfg, seed=0)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.selected["epoch"] == 1

@@ -10,7 +10,8 @@ import torch
 from hear_dymn import CheckpointError, create_model
 from hear_dymn.models import PRETRAINED, list_pretrained
 from hear_dymn.models.random_weights import save_random_checkpoint
-from hear_dymn.models.weights import RELEASE_URL, infer_architecture, read_state_dict, sha256_of
+from hear_dymn.models.registry import infer_architecture
+from hear_dymn.models.weights import RELEASE_URL, read_state_dict, sha256_of
 
 
 def test_registry_has_the_released_audioset_weights() -> None:
@@ -144,3 +145,15 @@ def test_damaged_cached_weights_are_an_error_not_random_init(tmp_path, monkeypat
     cached.write_bytes(b"half a file")
     with pytest.raises(CheckpointError, match="cached copy of dymn04_as: delete it to download it again"):
         build_embedder("dymn04", allow_random_init=True)
+
+
+def test_weights_module_does_not_depend_on_the_registry() -> None:
+    """One-way dependency: the registry loads weights; the weights module knows no architectures."""
+    import ast
+
+    import hear_dymn.models.weights as weights
+
+    tree = ast.parse(Path(weights.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if "registry" in m or m in ("dymn", "mn")}, imported

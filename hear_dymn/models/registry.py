@@ -1,14 +1,18 @@
-"""Model registry: ``@register_model`` builders, ``create_model`` and ``list_models`` (timm's pattern)."""
+"""Model registry: ``@register_model`` builders, ``create_model``, ``list_models`` (timm's pattern) and
+``infer_architecture``. Depends on ``models.weights`` (files and state_dicts), which does not import this module."""
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+from .weights import CheckpointError, load_checkpoint_into, pretrained_cfg_for, shape_signature
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,6 @@ def create_model(
         The model in train mode (call ``.eval()`` for inference). Loaded weights are described by
         ``model.weights_info`` (name, file, sha256).
     """
-    from .weights import load_checkpoint_into, pretrained_cfg_for
-
     entry = model_entry(name)
     cfg = None
     if checkpoint_path is None and pretrained:
@@ -78,7 +80,30 @@ def create_model(
     model = entry.builder(num_classes=num_classes, **kwargs)
     model.weights_info = {"name": None, "path": None, "sha256": None}
     if checkpoint_path is not None:
-        load_checkpoint_into(model, Path(checkpoint_path))
+        load_checkpoint_into(model, Path(checkpoint_path), identify=infer_architecture)
     elif cfg is not None:
-        load_checkpoint_into(model, cfg.fetch(), cfg=cfg)
+        load_checkpoint_into(model, cfg.fetch(), cfg=cfg, identify=infer_architecture)
     return model
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name of the registered architecture whose keys and shapes (head excluded) match ``state_dict``."""
+    body = {k: v for k, v in state_dict.items() if not k.startswith("classifier.5.")}
+    family = "dymn" if any(k.startswith("layers.") for k in body) else "mn" if any(
+        k.startswith("features.") for k in body) else None
+    if family is None:
+        raise CheckpointError("state_dict has neither 'layers.*' (DyMN) nor 'features.*' (MN) keys; "
+                              f"first keys: {', '.join(list(state_dict)[:5])}")
+    best, best_diff = None, None
+    for arch in list_models(f"{family}*"):
+        with torch.device("meta"):
+            candidate = create_model(arch)
+        signature = {k: s for k, s in shape_signature(candidate).items() if not k.startswith("classifier.5.")}
+        diff = sum(1 for k, s in signature.items() if k not in body or tuple(body[k].shape) != s)
+        diff += sum(1 for k in body if k not in signature)
+        if diff == 0:
+            return arch
+        if best_diff is None or diff < best_diff:
+            best, best_diff = arch, diff
+    raise CheckpointError(f"state_dict matches no registered {family} architecture; closest is {best!r} "
+                          f"with {best_diff} differing entries")

@@ -200,13 +200,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _shape_signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def shape_signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], limit: int = 5) -> str:
     """Human-readable first differences between a model's keys/shapes and a state_dict's."""
-    expected = _shape_signature(model)
+    expected = shape_signature(model)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [
@@ -221,31 +221,6 @@ def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     return "; ".join(parts)
 
 
-def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name of the registered architecture whose keys and shapes (head excluded) match ``state_dict``."""
-    from .registry import create_model, list_models
-
-    body = {k: v for k, v in state_dict.items() if not k.startswith("classifier.5.")}
-    family = "dymn" if any(k.startswith("layers.") for k in body) else "mn" if any(
-        k.startswith("features.") for k in body) else None
-    if family is None:
-        raise CheckpointError("state_dict has neither 'layers.*' (DyMN) nor 'features.*' (MN) keys; "
-                              f"first keys: {', '.join(list(state_dict)[:5])}")
-    best, best_diff = None, None
-    for arch in list_models(f"{family}*"):
-        with torch.device("meta"):
-            candidate = create_model(arch)
-        signature = {k: s for k, s in _shape_signature(candidate).items() if not k.startswith("classifier.5.")}
-        diff = sum(1 for k, s in signature.items() if k not in body or tuple(body[k].shape) != s)
-        diff += sum(1 for k in body if k not in signature)
-        if diff == 0:
-            return arch
-        if best_diff is None or diff < best_diff:
-            best, best_diff = arch, diff
-    raise CheckpointError(f"state_dict matches no registered {family} architecture; closest is {best!r} "
-                          f"with {best_diff} differing entries")
-
-
 def num_classes_of(state_dict: Mapping[str, torch.Tensor], classifier: str = "classifier.5") -> int:
     key = f"{classifier}.weight"
     if key not in state_dict:
@@ -254,8 +229,13 @@ def num_classes_of(state_dict: Mapping[str, torch.Tensor], classifier: str = "cl
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
-                            classifier: str = "classifier.5") -> list[str]:
-    """Load strictly, except that a classifier of another size is dropped (and logged). Returns dropped keys."""
+                            classifier: str = "classifier.5",
+                            identify: Callable[[Mapping[str, torch.Tensor]], str] | None = None) -> list[str]:
+    """Load strictly, except that a classifier of another size is dropped (and logged). Returns dropped keys.
+
+    ``identify`` names the architecture a state_dict fits (or raises ``CheckpointError``); when given, a mismatch
+    error says which architecture the checkpoint looks like.
+    """
     state_dict = dict(state_dict)
     own = model.state_dict()
     dropped = []
@@ -269,18 +249,22 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     problem = describe_mismatch(model, {**state_dict, **{k: own[k] for k in dropped}})
     if problem:
         arch = getattr(model, "arch", type(model).__name__)
-        try:
-            found = f" It looks like a {infer_architecture(state_dict)!r} checkpoint."
-        except CheckpointError:
-            found = ""
+        found = ""
+        if identify is not None:
+            try:
+                found = f" It looks like a {identify(state_dict)!r} checkpoint."
+            except CheckpointError:
+                pass
         raise CheckpointError(f"{source} does not fit architecture {arch!r}: {problem}.{found}")
     missing, unexpected = model.load_state_dict(state_dict, strict=not dropped)
     assert not unexpected and set(missing) == set(dropped), (missing, unexpected)
     return dropped
 
 
-def load_checkpoint_into(model: nn.Module, path: Path, cfg: PretrainedCfg | None = None) -> None:
-    """Read ``path``, load it into ``model`` (checked), and record name/path/sha256 in ``model.weights_info``."""
+def load_checkpoint_into(model: nn.Module, path: Path, cfg: PretrainedCfg | None = None,
+                         identify: Callable[[Mapping[str, torch.Tensor]], str] | None = None) -> None:
+    """Read ``path``, load it into ``model`` (checked; ``identify`` as in :func:`load_state_dict_checked`), and record
+    name/path/sha256 in ``model.weights_info``."""
     try:
         state_dict = read_state_dict(path)
     except CheckpointError as err:
@@ -288,5 +272,6 @@ def load_checkpoint_into(model: nn.Module, path: Path, cfg: PretrainedCfg | None
             raise
         raise CheckpointError(f"{err}\nThis is the cached copy of {cfg.name}: delete it to download it again "
                               f"from {cfg.url}.") from err
-    load_state_dict_checked(model, state_dict, source=str(path), classifier=cfg.classifier if cfg else "classifier.5")
+    load_state_dict_checked(model, state_dict, source=str(path), classifier=cfg.classifier if cfg else "classifier.5",
+                            identify=identify)
     model.weights_info = {"name": cfg.name if cfg else None, "path": str(path), "sha256": sha256_of(Path(path))}

@@ -571,7 +571,11 @@ def _train_stack(
             if improved or run.state is None:
                 run.score, run.value, run.epoch = score, value, epoch
                 run.state = params.take([row], requires_grad=False)
-            if improved:
+            if not math.isfinite(value):
+                # As Lightning's EarlyStopping (check_finite=True), which hear-eval-kit uses: a non-finite
+                # validation score (an event task with no event predicted) ends this model's training.
+                stopped.append(row)
+            elif improved:
                 stale[a] = 0
             else:  # as Lightning's EarlyStopping: only a check without improvement can stop
                 stale[a] += 1
@@ -714,3 +718,59 @@ def fit_mlp_folds(
         # Keep the grid index of the full grid so results of different rounds name the same configuration.
         results.append(replace(result, selected={**result.selected, "grid_index": first.selected["grid_index"]}))
     return results
+
+
+def fit_mlp_scored(
+    train: ProbeData,
+    valid: ProbeData,
+    *,
+    predict: Sequence[ProbeData],
+    multilabel: bool,
+    score_fn: Metric,
+    cfg: MLPProbeConfig | None = None,
+    seed: int = 0,
+) -> tuple[ProbeResult, list[np.ndarray]]:
+    """:func:`fit_mlp_probe` with a caller's validation score, returning the selected model's scores on ``predict``.
+
+    For protocols whose validation score is not a function of clip targets and scores alone (HEAR event tasks:
+    frames are post-processed into events per file and scored with sed_eval, ``hear_dymn.bench.events``): ``score_fn``
+    is called as ``score_fn(valid.y, activated valid scores, valid.mask)`` at every validation check, and its
+    ``higher_is_better`` decides early stopping and the grid point. Training, the grid draw and seeding are those of
+    :func:`fit_mlp_probe`.
+
+    Returns:
+        ``(result, outputs)``: ``result.metrics`` holds ``valid_<score_fn.name>`` of the selected model and
+        ``result.scores`` its scores on ``predict[0]`` (empty without ``predict``); ``outputs[i]`` are its activated
+        scores on ``predict[i]``.
+    """
+    start = time.perf_counter()
+    cfg = cfg or MLP_PRESETS["hear"]
+    n_classes = _num_classes(multilabel, train, valid, *predict)
+    device = torch.device(cfg.device)
+    scaler = _Standardizer.fit(train.x, cfg.standardize)
+    train_t = _tensors(train, scaler, multilabel, device, cfg.compute_dtype)
+    valid_t = _tensors(valid, scaler, multilabel, device, cfg.compute_dtype)
+    points = cfg.draw(seed)
+    runs: dict[int, _Run] = {}
+    for members in _stacks(points, cfg.stack_size):
+        runs.update(_train_stack(members, train_t, valid_t, n_classes=n_classes, multilabel=multilabel,
+                                 score_fn=score_fn, cfg=cfg, seed=seed))
+    history: list[dict[str, Any]] = []
+    best_run: _Run | None = None
+    best_index, best_point = -1, {}
+    for index, point in points:
+        run = runs[index]
+        history.extend(run.history)
+        if best_run is None or run.score > best_run.score:
+            best_run, best_index, best_point = run, index, point
+    if best_run is None or best_run.state is None:
+        raise RuntimeError("the MLP probe produced no validated model")
+    outputs = []
+    for data in predict:
+        x = torch.from_numpy(scaler(data.x)).to(device=device, dtype=cfg.compute_dtype)
+        outputs.append(activate_scores(_eval_logits(best_run.state, x, cfg)[0].t(), multilabel))
+    selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index, "epochs_run": best_run.epochs_run}
+    result = ProbeResult(scores=outputs[0] if outputs else np.zeros((0, n_classes), np.float32),
+                         metrics={f"valid_{score_fn.name}": float(best_run.value)}, selected=selected,
+                         history=history, seconds=time.perf_counter() - start)
+    return result, outputs
