@@ -285,6 +285,22 @@ def test_frame_split_labels_come_from_the_events(events_root: Path, tmp_path: Pa
     assert onset_f_measure(predicted, task.reference_events("valid"), 0.05)[0] == 1.0
 
 
+def test_validation_score_is_nan_when_no_event_is_predicted(events_root: Path, tmp_path: Path) -> None:
+    # heareval picks the post-processing with nan counted as 0 but logs the chosen point's own score; a nan there
+    # ends its run (EarlyStopping check_finite), so the probe must see the nan too.
+    from hear_dymn.bench.events import _best_point, postprocessing_points, DEFAULT_POSTPROCESSING_GRID
+    task = get_task("hear", events_root)
+    ts = TimestampCache(tmp_path).get(_CountingEmbedder(), task, "valid")
+    names = [c.file_name for c in task.clips("valid")]
+    frames = FrameSplit.build(ts.x, ts.timestamps, ts.offsets, names, task.reference_events("valid"), task.spec.labels)
+    points = postprocessing_points(DEFAULT_POSTPROCESSING_GRID)
+    value, _ = _best_point(frames, np.zeros_like(frames.y, dtype=np.float32), task.spec.labels, points,
+                           "event_onset_200ms_fms")
+    assert np.isnan(value)
+    value, _ = _best_point(frames, frames.y.astype(np.float32), task.spec.labels, points, "event_onset_200ms_fms")
+    assert value > 0.9
+
+
 # --------------------------------------------------------------------------------------------------------
 # the suite
 

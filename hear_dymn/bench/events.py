@@ -355,14 +355,17 @@ class EventProbeResult:
 def _best_point(split: FrameSplit, probs: np.ndarray, labels: Sequence[str], points: Sequence[Point],
                 metric: str) -> tuple[float, Point]:
     """heareval's choice: each point's selection score (nan counts as 0), the best first; ties go to the larger
-    point (its reverse sort of ``(score, point)``). An error rate is negated so that larger is better."""
+    point (its reverse sort of ``(score, point)``). An error rate is negated so that larger is better.
+
+    Returns the chosen point's own score, ``nan`` included: heareval logs that value, and a ``nan`` there ends the
+    run (Lightning's EarlyStopping, which the MLP probe follows)."""
     sign = 1.0 if _event_score(metric).maximize else -1.0
     scored = []
     for point in points:
         value = _selection_value(metric, split.predict_events(probs, labels, point), split.reference, labels)
-        scored.append((0.0 if math.isnan(value) else sign * value, point))
-    scored.sort(reverse=True)
-    return sign * scored[0][0], scored[0][1]
+        scored.append((0.0 if math.isnan(value) else sign * value, point, value))
+    scored.sort(key=lambda item: item[:2], reverse=True)
+    return scored[0][2], scored[0][1]
 
 
 def fit_event_probe(train: FrameSplit, valid: FrameSplit, test: FrameSplit, *, labels: Sequence[str],
