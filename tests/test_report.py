@@ -357,3 +357,11 @@ def test_reported_hear_rows_match_task_name_and_mode(tmp_path):
     subset = SimpleNamespace(spec=SimpleNamespace(name="esc50", main_metric="accuracy",
                                                   notes=("classes absent: dog",)))
     assert reported_hear_rows({"esc50": subset}) == []  # a subset of ESC-50 is not HEAR's ESC-50
+
+
+def test_non_finite_scores_are_printed_as_such() -> None:
+    from hear_dymn.bench.report import _score_text
+    assert _score_text({"mean": float("nan"), "std": None, "n": 2}, 1) == "nan"
+    assert _score_text({"mean": float("inf"), "n": 1}, 1) == "inf"
+    assert _score_text({"mean": None}, 1) == "n/a"
+    assert _score_text({"mean": 0.5, "std": 0.25, "n": 2}, 1) == "50.0 ± 25.0"

@@ -282,6 +282,26 @@ class ExtractionStats:
                 "embedding throughput": self.throughput()}
 
 
+def read_shard(path: Path, clips: Sequence[Clip], needed: Sequence[str]) -> dict[str, Any] | None:
+    """A cache shard's arrays if the file exists, is readable, holds ``needed`` and covers exactly ``clips`` (its
+    computed plus its skipped ids); ``None`` otherwise, so the shard is computed again (a damaged file is never
+    trusted)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            shard = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        logger.warning("ignoring unreadable cache shard %s: %s", path, err)
+        return None
+    if not set(needed) <= set(shard):
+        return None
+    covered = [str(i) for i in [*shard["clip_ids"], *shard["skipped_ids"]]]
+    if sorted(covered) != sorted(c.clip_id for c in clips):
+        return None
+    return shard
+
+
 class EmbeddingCache:
     """Resumable on-disk cache of split embeddings (see the module docstring)."""
 
@@ -328,18 +348,7 @@ class EmbeddingCache:
 
     def load_shard(self, path: Path, clips: Sequence[Clip]) -> dict[str, Any] | None:
         """A shard's contents if it exists and covers exactly ``clips``; ``None`` otherwise."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as data:
-                shard = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged: recomputed, never trusted
-            logger.warning("ignoring unreadable cache shard %s: %s", path, err)
-            return None
-        covered = list(shard["clip_ids"]) + list(shard["skipped_ids"])
-        if sorted(covered) != sorted(c.clip_id for c in clips):
-            return None
-        return shard
+        return read_shard(path, clips, ("clip_ids", "x", "skipped_ids", "skipped_reasons"))
 
     def get(self, embedder: Embedder, task: Task, split: str,
             progress: Callable[[int], None] | None = None) -> SplitEmbeddings:

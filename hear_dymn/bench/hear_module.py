@@ -21,7 +21,6 @@ other options or another checkpoint never reuse embeddings.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata as md
 import json
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..models.weights import sha256_of
 
 PREFIX = "hear:"
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -95,14 +96,6 @@ def module_version(module_name: str, module: Any) -> tuple[str, str | None]:
     return "unknown", None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class HearModuleEmbedder:
     """A third-party HEAR module used through its public functions (see the module docstring).
 
@@ -122,7 +115,7 @@ class HearModuleEmbedder:
         self.spec = PREFIX + module_name + (f":{checkpoint}" if checkpoint else "")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise HearModuleError(f"HEAR module {module_name}: checkpoint {self.checkpoint} does not exist")
-        self.checkpoint_sha256 = file_sha256(self.checkpoint) if self.checkpoint is not None else None
+        self.checkpoint_sha256 = sha256_of(self.checkpoint) if self.checkpoint is not None else None
         self._load()
         self.name = module_name if self.checkpoint is None else f"{module_name}-{self.checkpoint.stem}"
         label = f"HEAR module {module_name} {self.version}"

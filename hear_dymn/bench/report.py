@@ -150,14 +150,22 @@ def _metric_label(metric: str) -> str:
     return f"{_metric_name(metric)} {arrow}"
 
 
+def _absent_text(value: Any) -> str:
+    """A score that is not a finite number: ``nan`` / ``inf`` / ``-inf`` as such (an event task where no event was
+    predicted has no onset F-measure), ``n/a`` when there is no value at all."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(float(value)):
+        return str(float(value))
+    return "n/a"
+
+
 def _pct(value: Any, decimals: int) -> str:
-    return f"{100.0 * float(value):.{decimals}f}" if _is_number(value) else "n/a"
+    return f"{100.0 * float(value):.{decimals}f}" if _is_number(value) else _absent_text(value)
 
 
 def _score_text(row: Mapping[str, Any], decimals: int) -> str:
     mean = row.get("mean")
     if not _is_number(mean):
-        return "n/a"
+        return _absent_text(mean)
     std = row.get("std")
     n = row.get("n")
     if _is_number(std) and (n is None or not _is_number(n) or int(n) > 1):

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from ..hear import get_timestamp_embeddings, timestamps_for
 from .atomic import atomic_savez, atomic_write_text
 from .audio import AudioReadError, read_audio
-from .embeddings import HearEmbedder, LogMelBaseline, Shard, embedder_key, shard_plan
+from .embeddings import HearEmbedder, LogMelBaseline, Shard, embedder_key, read_shard, shard_plan
 from .tasks.base import Clip, Task
 
 logger = logging.getLogger(__name__)
@@ -207,21 +206,7 @@ class TimestampCache:
     @staticmethod
     def load_shard(path: Path, clips: Sequence[Clip]) -> dict[str, np.ndarray] | None:
         """A shard's contents if it exists, is readable and covers exactly ``clips``; ``None`` otherwise."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as data:
-                shard = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged: recomputed, never trusted
-            logger.warning("ignoring unreadable cache shard %s: %s", path, err)
-            return None
-        needed = {"clip_ids", "x", "timestamps", "offsets", "skipped_ids", "skipped_reasons"}
-        if not needed <= set(shard):
-            return None
-        covered = [str(i) for i in [*shard["clip_ids"], *shard["skipped_ids"]]]
-        if sorted(covered) != sorted(c.clip_id for c in clips):
-            return None
-        return shard
+        return read_shard(path, clips, ("clip_ids", "x", "timestamps", "offsets", "skipped_ids", "skipped_reasons"))
 
     def get(self, embedder: Any, task: Task, split: str, progress: Callable[[int], None] | None = None
             ) -> TimestampSplit:
