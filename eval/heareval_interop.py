@@ -26,7 +26,8 @@ Steps (each heareval step runs in its own process, as a user would run it):
 
 The event part (``--parts events``) does the same on the HEAR event task ``mini_events`` (written at 48 kHz, with
 a 32 kHz copy because heareval reads ``<task>/<model rate>/``): heareval's embedding runner (timestamp embeddings,
-``{"layers": [5]}``), its predictor (8 grid points, post-processing grid, sed_eval), then our event probe
+``{"layers": [1]}``: block 1, whose random-weight activations stay bounded, unlike deeper blocks, which grow by
+orders of magnitude on some clips), its predictor (8 grid points, post-processing grid, sed_eval), then our event probe
 (:func:`hear_dymn.bench.events.fit_event_rounds`, the same grid points, no shuffling) on heareval's embedding files
 (``<split>.embeddings.npy``, ``<split>.filename-timestamps.json``), with our frame labels checked against the ones
 heareval wrote and heareval's saved test events rescored with our sed_eval scoring. Report:
@@ -352,7 +353,7 @@ def run_event_part(work: Path, ckpt: Path, seeds: Sequence[int], threads: int, t
     from hear_dymn.bench.events import event_probe_config, fit_event_rounds, postprocessing_grid, score_events
 
     tasks_dir = write_event_task(work)
-    options, folder = '{"layers": [5]}', "hear_dymn-layers=5"
+    options, folder = '{"layers": [1]}', "hear_dymn-layers=1"
     emb_dir = work / "embeddings_events" / folder / HEAR_EVENTS_TASK_NAME
     if not (emb_dir / ".done.embeddings").exists():
         print(f"[interop] heareval embeddings runner on {HEAR_EVENTS_TASK_NAME}, --model-options {options}", flush=True)
@@ -437,8 +438,10 @@ def render_event_report(info: dict[str, Any], ev: dict[str, Any]) -> str:
         f"(hear-preprocess layout, embedding_type `event`, {ev['files']['train']} / {ev['files']['valid']} / "
         f"{ev['files']['test']} files of 4 s, 3 classes of synthetic timbres with known event times; written at "
         "48 kHz, with a 32 kHz copy since heareval reads `<task>/<model rate>/`). Model: `hear_dymn` with a "
-        "**random-weight** dymn04 checkpoint and `--model-options '{\"layers\": [5]}'` (block 5 + 128 log-mel "
-        f"values per 50 ms timestamp, {ev['dim']} dims), not pretrained weights.",
+        "**random-weight** dymn04 checkpoint and `--model-options '{\"layers\": [1]}'` (block 1 + 128 log-mel "
+        f"values per 50 ms timestamp, {ev['dim']} dims), not pretrained weights. Block 1 because the deeper blocks "
+        "of random weights blow up on some clips (activations growing by orders of magnitude from block to block), "
+        "which leaves both probes with a few huge outliers instead of features.",
         "",
         "## 1. heareval's embedding runner (timestamp embeddings)",
         "",
