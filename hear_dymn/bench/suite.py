@@ -356,13 +356,7 @@ def _run_staged(cfg, ctx, cache, embedders, tasks, data_roots, probes, folder, f
                     continue
                 data = {}
                 for split in task.spec.splits:
-                    bar = _progress(progress, f"embed {embedder.name}/{name}/{split}", len(task.clips(split)))
-                    emb = cache.get(embedder, task, split, progress=bar)
-                    extraction.record(emb)
-                    if not emb.clip_ids:
-                        first = next(iter(emb.skipped.items()), ("", "no clips listed"))
-                        raise ValueError(f"{name} split {split!r}: no readable clip ({len(emb.skipped)} skipped; "
-                                         f"first: {first[0]}: {first[1]})")
+                    emb = _embed_split(cache, embedder, task, name, split, progress, extraction)
                     data[split] = _probe_data(emb)
                     clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
                     if emb.skipped:
@@ -477,6 +471,19 @@ def _extract_embeddings(cfg: SuiteConfig, cache: EmbeddingCache, embedders, task
     return fill_cache(cache, work, ray_cfg, progress=progress)
 
 
+def _embed_split(cache, embedder, task: Task, name: str, split: str, progress: bool, extraction, kind: str = ""):
+    """One split's embeddings from ``cache`` (scene or timestamp), with a progress bar, recorded in ``extraction``;
+    a split with no readable clip is an error naming the first skipped file."""
+    bar = _progress(progress, f"embed {embedder.name}/{name}/{split}{kind}", len(task.clips(split)))
+    emb = cache.get(embedder, task, split, progress=bar)
+    extraction.record(emb)
+    if not emb.clip_ids:
+        first = next(iter(emb.skipped.items()), ("", "no clips listed"))
+        raise ValueError(f"{name} split {split!r}: no readable clip ({len(emb.skipped)} skipped; "
+                         f"first: {first[0]}: {first[1]})")
+    return emb
+
+
 def _progress(enabled: bool, label: str, total: int):
     """A callback advancing a tqdm bar of ``total`` clips, shown from the first update (cached splits are instant)."""
     if not enabled:
@@ -552,13 +559,7 @@ def _run_event_task(cfg, out_dir, embedder, task, name, progress, extraction, cl
     frames = {}
     for split in spec.splits:
         clips = task.clips(split)
-        bar = _progress(progress, f"embed {embedder.name}/{name}/{split} (timestamps)", len(clips))
-        emb = cache.get(embedder, task, split, progress=bar)
-        extraction.record(emb)
-        if not emb.clip_ids:
-            first = next(iter(emb.skipped.items()), ("", "no clips listed"))
-            raise ValueError(f"{name} split {split!r}: no readable clip ({len(emb.skipped)} skipped; first: "
-                             f"{first[0]}: {first[1]})")
+        emb = _embed_split(cache, embedder, task, name, split, progress, extraction, " (timestamps)")
         by_id = {c.clip_id: c.file_name for c in clips}
         frames[split] = FrameSplit.build(emb.x, emb.timestamps, emb.offsets, [by_id[i] for i in emb.clip_ids],
                                          task.reference_events(split), spec.labels)
