@@ -72,7 +72,7 @@ USER_ERRORS = (ValueError, KeyError, CheckpointError, RayUnavailableError, FileN
 
 NONE_MEANS = {"finetune_models": "all networks", "finetune_seeds": "the probe seeds", "finetune_epochs": "the preset's",
               "ray_address": "a local cluster", "ray_workers": "as many as fit",
-              "loader_workers": "none below 4 CPU cores, up to 2 on CPU, up to 8 with CUDA"}
+              "loader_workers": "none on 1 CPU core, then one per 4 cores (at least 1) up to 2 on CPU, up to 8 with CUDA"}
 
 
 def _shown(name: str, value) -> str:

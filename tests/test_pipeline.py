@@ -107,7 +107,8 @@ def test_other_worker_errors_stop_the_loop_with_the_cause() -> None:
 
 
 def test_loader_options_and_defaults(monkeypatch) -> None:
-    assert default_workers("cpu", cores=2) == 0 and default_workers("cpu", cores=8) == 2
+    assert default_workers("cpu", cores=1) == 0 and default_workers("cpu", cores=2) == 1
+    assert default_workers("cpu", cores=4) == 1 and default_workers("cpu", cores=8) == 2
     assert default_workers("cpu", cores=64) == pipeline.CPU_WORKERS_MAX
     assert default_workers("cuda", cores=16) == pipeline.CUDA_WORKERS_MAX and default_workers("cuda", cores=2) == 1
     opts = LoaderOptions().resolve("cpu")

@@ -237,6 +237,7 @@ class ExtractionStats:
     retried_shards: int = 0  # shards sent again after their worker was lost
     network_seconds: float = 0.0  # summed over workers: time inside the network calls
     streams: int = 1  # network calls running side by side (Ray actors)
+    loader_workers: int = 0  # the most audio loader workers a computed split used
 
     @property
     def total_shards(self) -> int:
@@ -250,7 +251,9 @@ class ExtractionStats:
         self.seconds += sum(emb.shard_seconds)
         self.network_seconds += emb.network_seconds
         if emb.computed_shards:
-            self.workers = (f"1 process, {torch.get_num_threads()} torch thread(s), {emb.loader_workers} audio "
+            # the most loader workers any computed split used (timestamp embeddings read their audio in-process)
+            self.loader_workers = max(self.loader_workers, emb.loader_workers)
+            self.workers = (f"1 process, {torch.get_num_threads()} torch thread(s), {self.loader_workers} audio "
                             "loader worker(s)")
 
     def throughput(self) -> str:
