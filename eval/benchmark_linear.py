@@ -247,6 +247,12 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _shown_path(path: Path) -> str:
+    """A path as the report records it: relative to the checkout when inside it, so reports name no machine."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -287,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not parts:
         parser.error("nothing to run: --compare-scale 0 and no --full-solvers")
     report = render(parts, args, budget)
-    info = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    info = {"settings": {k: _shown_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "threads": budget.describe(),
             "parts": {part: {"data": data, "rows": rows} for part, (rows, data) in parts.items()}}
     for path in write_run(args.out_dir, "benchmark_linear", {"linear_probe.md": report}, info=info):
