@@ -646,46 +646,65 @@ def fit_mlp_probe(
     fit_data, sel_data, _ = _carve_validation(
         train, valid, multilabel=multilabel, fraction=cfg.valid_fraction, seed=seed
     )
-    device = torch.device(cfg.device)
-    scaler = _Standardizer.fit(fit_data.x, cfg.standardize)
-    train_t = _tensors(fit_data, scaler, multilabel, device, cfg.compute_dtype)
-    valid_t = _tensors(sel_data, scaler, multilabel, device, cfg.compute_dtype)
+    search = _grid_search(fit_data, sel_data, multilabel=multilabel, n_classes=n_classes, score_fn=score_fn,
+                          cfg=cfg, seed=seed)
+    scores = search.predict(test)
+    test_value = score_fn(test.y, scores, test.mask)
+    seconds = time.perf_counter() - start
+    logger.info("mlp probe: selected %s, test %s=%.4f (%.1f s)", search.selected, metric, test_value, seconds)
+    return ProbeResult(
+        scores=scores,
+        metrics={metric: float(test_value), f"valid_{metric}": float(search.best.value)},
+        selected=search.selected,
+        history=search.history,
+        seconds=seconds,
+    )
 
+
+@dataclass
+class _GridSearch:
+    """The grid points trained on one (train, valid) pair and the one chosen by its best validation score."""
+
+    best: _Run
+    selected: dict[str, Any]  # the grid point, its best epoch, its index in ``cfg.grid()``, epochs it trained
+    history: list[dict[str, Any]]
+    scaler: _Standardizer
+    cfg: MLPProbeConfig
+    multilabel: bool
+
+    def predict(self, data: ProbeData) -> np.ndarray:
+        """The chosen model's activated scores on ``data``."""
+        x = torch.from_numpy(self.scaler(data.x)).to(device=torch.device(self.cfg.device),
+                                                     dtype=self.cfg.compute_dtype)
+        return activate_scores(_eval_logits(self.best.state, x, self.cfg)[0].t(), self.multilabel)
+
+
+def _grid_search(train: ProbeData, valid: ProbeData, *, multilabel: bool, n_classes: int, score_fn: Metric,
+                 cfg: MLPProbeConfig, seed: int) -> _GridSearch:
+    """Train ``cfg.draw(seed)``'s grid points with early stopping on ``score_fn`` over ``valid``; the best wins."""
+    device = torch.device(cfg.device)
+    scaler = _Standardizer.fit(train.x, cfg.standardize)
+    train_t = _tensors(train, scaler, multilabel, device, cfg.compute_dtype)
+    valid_t = _tensors(valid, scaler, multilabel, device, cfg.compute_dtype)
     points = cfg.draw(seed)
     runs: dict[int, _Run] = {}
     for members in _stacks(points, cfg.stack_size):
-        runs.update(_train_stack(
-            members, train_t, valid_t,
-            n_classes=n_classes, multilabel=multilabel, score_fn=score_fn, cfg=cfg, seed=seed,
-        ))
+        runs.update(_train_stack(members, train_t, valid_t, n_classes=n_classes, multilabel=multilabel,
+                                 score_fn=score_fn, cfg=cfg, seed=seed))
     history: list[dict[str, Any]] = []
     best_run: _Run | None = None
     best_index, best_point = -1, {}
     for rank, (index, point) in enumerate(points, start=1):
         run = runs[index]
         history.extend(run.history)
-        logger.info(
-            "mlp probe grid point %d/%d %s: valid %s=%.4f at epoch %d of %d",
-            rank, len(points), point, metric, run.value, run.epoch, run.epochs_run,
-        )
+        logger.info("mlp probe grid point %d/%d %s: valid %s=%.4f at epoch %d of %d",
+                    rank, len(points), point, score_fn.name, run.value, run.epoch, run.epochs_run)
         if best_run is None or run.score > best_run.score:
             best_run, best_index, best_point = run, index, point
     if best_run is None or best_run.state is None:
         raise RuntimeError("the MLP probe produced no validated model")
-
-    test_x = torch.from_numpy(scaler(test.x)).to(device=device, dtype=cfg.compute_dtype)
-    scores = activate_scores(_eval_logits(best_run.state, test_x, cfg)[0].t(), multilabel)
-    test_value = score_fn(test.y, scores, test.mask)
-    seconds = time.perf_counter() - start
     selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index, "epochs_run": best_run.epochs_run}
-    logger.info("mlp probe: selected %s, test %s=%.4f (%.1f s)", selected, metric, test_value, seconds)
-    return ProbeResult(
-        scores=scores,
-        metrics={metric: float(test_value), f"valid_{metric}": float(best_run.value)},
-        selected=selected,
-        history=history,
-        seconds=seconds,
-    )
+    return _GridSearch(best_run, selected, history, scaler, cfg, multilabel)
 
 
 def fit_mlp_folds(
@@ -746,31 +765,10 @@ def fit_mlp_scored(
     start = time.perf_counter()
     cfg = cfg or MLP_PRESETS["hear"]
     n_classes = _num_classes(multilabel, train, valid, *predict)
-    device = torch.device(cfg.device)
-    scaler = _Standardizer.fit(train.x, cfg.standardize)
-    train_t = _tensors(train, scaler, multilabel, device, cfg.compute_dtype)
-    valid_t = _tensors(valid, scaler, multilabel, device, cfg.compute_dtype)
-    points = cfg.draw(seed)
-    runs: dict[int, _Run] = {}
-    for members in _stacks(points, cfg.stack_size):
-        runs.update(_train_stack(members, train_t, valid_t, n_classes=n_classes, multilabel=multilabel,
-                                 score_fn=score_fn, cfg=cfg, seed=seed))
-    history: list[dict[str, Any]] = []
-    best_run: _Run | None = None
-    best_index, best_point = -1, {}
-    for index, point in points:
-        run = runs[index]
-        history.extend(run.history)
-        if best_run is None or run.score > best_run.score:
-            best_run, best_index, best_point = run, index, point
-    if best_run is None or best_run.state is None:
-        raise RuntimeError("the MLP probe produced no validated model")
-    outputs = []
-    for data in predict:
-        x = torch.from_numpy(scaler(data.x)).to(device=device, dtype=cfg.compute_dtype)
-        outputs.append(activate_scores(_eval_logits(best_run.state, x, cfg)[0].t(), multilabel))
-    selected = {**best_point, "epoch": best_run.epoch, "grid_index": best_index, "epochs_run": best_run.epochs_run}
+    search = _grid_search(train, valid, multilabel=multilabel, n_classes=n_classes, score_fn=score_fn, cfg=cfg,
+                          seed=seed)
+    outputs = [search.predict(data) for data in predict]
     result = ProbeResult(scores=outputs[0] if outputs else np.zeros((0, n_classes), np.float32),
-                         metrics={f"valid_{score_fn.name}": float(best_run.value)}, selected=selected,
-                         history=history, seconds=time.perf_counter() - start)
+                         metrics={f"valid_{score_fn.name}": float(search.best.value)}, selected=search.selected,
+                         history=search.history, seconds=time.perf_counter() - start)
     return result, outputs
