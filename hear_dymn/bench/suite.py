@@ -19,6 +19,7 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -222,11 +223,14 @@ def _concat(parts: list[ProbeData]) -> ProbeData:
                      clip_ids=[i for p in parts for i in p.clip_ids])
 
 
-def evaluation_rounds(task: Task, data: dict[str, ProbeData]) -> list[tuple[str, ProbeData, ProbeData | None, ProbeData]]:
-    """(name, train, valid, test) per round: one per fold for k-fold tasks, one otherwise."""
+def evaluation_rounds(task: Task, data: dict[str, Any], concat: Callable[[list[Any]], Any] | None = None
+                      ) -> list[tuple[str, Any, Any, Any]]:
+    """(name, train, valid, test) per round: one per fold for k-fold tasks, one otherwise. ``data`` maps split
+    names to :class:`ProbeData` (joined by ``_concat``) or to anything ``concat`` joins (event frames)."""
     spec = task.spec
+    concat = concat or _concat
     if spec.protocol == "folds":
-        return [(test, _concat([data[s] for s in train]), data[valid], data[test])
+        return [(test, concat([data[s] for s in train]), data[valid], data[test])
                 for train, valid, test in fold_splits(spec.splits)]
     train, valid, test = spec.splits[0], spec.splits[1], spec.splits[-1]
     return [(test, data[train], data[valid], data[test])]
@@ -566,11 +570,7 @@ def _run_event_task(cfg, out_dir, embedder, task, name, progress, extraction, cl
         clip_counts.setdefault(name, {})[split] = len(emb.clip_ids) + len(emb.skipped)
         if emb.skipped:
             skipped.setdefault(name, {}).update(emb.skipped)
-    if spec.protocol == "folds":
-        rounds = [(test, concat_frames([frames[s] for s in train]), frames[valid], frames[test])
-                  for train, valid, test in fold_splits(spec.splits)]
-    else:
-        rounds = [(spec.splits[-1], frames[spec.splits[0]], frames[spec.splits[1]], frames[spec.splits[-1]])]
+    rounds = evaluation_rounds(task, frames, concat=concat_frames)
     probe_cfg = event_probe_config(mlp_config(cfg), task.task_name, task.metadata)
     grid = postprocessing_grid(task.metadata)
     use_scoring = bool(task.metadata.get("use_scoring_for_early_stopping", True))
